@@ -1,0 +1,112 @@
+"""Parameter-free layers and the names configs use for activations and norms.
+
+Everything here is a pure function of arrays (or of names), so it is property-tested directly.
+Pooling follows the Caffe/PyTorch arithmetic the papers' layer tables were computed with.
+"""
+import functools
+import math
+from typing import Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+from jax import lax
+
+
+def output_size(n: int, window: int, stride: int = 1, padding: int = 0, ceil_mode: bool = False) -> int:
+  """Length of a conv or pool output along one axis (PyTorch's formula, ceil mode included).
+
+  In ceil mode the last window must still start inside the input or its left padding, as in PyTorch
+  and Caffe: this is what gives GoogLeNet its 112 -> 56 -> 28 -> 14 -> 7 maps.
+  """
+  span = n + 2 * padding - window
+  out = (math.ceil(span / stride) if ceil_mode else span // stride) + 1
+  if ceil_mode and (out - 1) * stride >= n + padding:
+    out -= 1
+  return out
+
+
+def max_pool(x, window: int, stride: int, padding: int = 0, ceil_mode: bool = False):
+  """Max-pool NHWC maps with explicit padding and optional ceil mode.
+
+  A map smaller than the window still gives one output (the max over what is there), so networks
+  built for 224x224 also run on 32x32 inputs; at the papers' sizes nothing changes.
+  """
+  pads = [(0, 0)]
+  for n in x.shape[1:3]:
+    out = max(output_size(n, window, stride, padding, ceil_mode), 1)
+    pads.append((padding, (out - 1) * stride + window - n - padding))
+  pads.append((0, 0))
+  return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1), pads)
+
+
+def adaptive_avg_pool(x, grid: int):
+  """Average NHWC maps onto a grid x grid output with PyTorch's AdaptiveAvgPool2d windows.
+
+  Cell i covers rows floor(i*H/grid) .. ceil((i+1)*H/grid); a map smaller than the grid is
+  replicated. A map already of the grid's size is returned unchanged.
+  """
+  h, w = x.shape[1:3]
+  if (h, w) == (grid, grid):
+    return x
+
+  def cells(n):
+    return [(i * n // grid, -(-(i + 1) * n // grid)) for i in range(grid)]
+
+  rows = [jnp.stack([x[:, r0:r1, c0:c1].mean(axis=(1, 2)) for c0, c1 in cells(w)], axis=1) for r0, r1 in cells(h)]
+  return jnp.stack(rows, axis=1)
+
+
+def global_avg_pool(x):
+  return x.mean(axis=(1, 2))
+
+
+def local_response_norm(x, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0):
+  """AlexNet's local response normalisation across channels (NHWC).
+
+  b_i = a_i / (k + alpha * sum_{j in the size maps around i} a_j^2) ** beta, with alpha NOT divided
+  by size (AlexNet paper, section 3.3). Caffe and PyTorch divide alpha by size: pass alpha / size to
+  reproduce them. The defaults are the AlexNet paper's (k=2, n=5, alpha=1e-4, beta=0.75).
+  """
+  squares = lax.reduce_window(
+      x * x, 0.0, lax.add, (1, 1, 1, size), (1, 1, 1, 1), ((0, 0), (0, 0), (0, 0), (size // 2, (size - 1) // 2))
+  )
+  return x / (k + alpha * squares) ** beta
+
+
+def scaled_tanh(x):
+  """LeNet-5's squashing function f(a) = A tanh(S a), A = 1.7159, S = 2/3 (LeCun et al. 1998, appendix A)."""
+  return 1.7159 * jnp.tanh(x * (2.0 / 3.0))
+
+
+ACTIVATIONS: dict[str, Callable] = {
+    "relu": nn.relu,
+    "tanh": jnp.tanh,
+    "sigmoid": nn.sigmoid,
+    "scaled_tanh": scaled_tanh,
+    "leaky_relu": nn.leaky_relu,
+    "gelu": nn.gelu,
+}
+
+# BatchNorm as torchvision and the papers' Caffe models use it: PyTorch momentum 0.1 is flax's 0.9.
+# The running statistics are buffers, not parameters: they live in the 'batch_stats' collection.
+BATCH_NORM = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
+
+
+def activation(name: str) -> Callable:
+  """The activation function a config names, e.g. 'relu' or 'sigmoid'."""
+  if name not in ACTIVATIONS:
+    raise ValueError(f"unknown activation {name!r}; valid: {', '.join(sorted(ACTIVATIONS))}")
+  return ACTIVATIONS[name]
+
+
+def conv_norm(name: str, train: bool, choices=("batchnorm", "none"), **batchnorm_options):
+  """The norm a conv unit applies after its convolution, or None.
+
+  'lrn' (where a model allows it) is not a per-conv norm: the model places LRN where its paper does,
+  so here it means no per-conv norm.
+  """
+  if name not in choices:
+    raise ValueError(f"unknown norm {name!r} for this model; valid: {', '.join(choices)}")
+  if name == "batchnorm":
+    return functools.partial(BATCH_NORM, use_running_average=not train, **batchnorm_options)
+  return None

@@ -1,0 +1,90 @@
+"""ResNet (He, Zhang, Ren, Sun 2015, arXiv 1512.03385) and its plain twins, for ImageNet and CIFAR.
+
+ImageNet (Table 1): 7x7/2 conv + 3x3/2 max-pool, stages conv2_x..conv5_x of basic or bottleneck blocks
+on 64..512 widths, global average pool, FC. CIFAR (section 4.2): 3x3 conv 16, three stages of n basic
+blocks on 16/32/64 widths, global average pool, FC; depth 6n+2, option-A shortcuts ("so our residual
+models have exactly the same depth, width, and number of parameters as the plain counterparts").
+
+Stages are named as the paper's Table 1 (conv2_x ...): block j of stage i is the module `conv{i}_{j}`.
+"""
+import functools
+from typing import Sequence
+
+import flax.linen as nn
+
+from cnnjax.models.blocks import ConvUnit, ResidualBlock
+from cnnjax.models.layers import activation, conv_norm, global_avg_pool, max_pool
+
+# He et al. 2015 initialise "as in [13]" (the PReLU paper): a normal with variance 2/fan; torchvision
+# uses fan-out, as here.
+HE_NORMAL = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+class ResNet(nn.Module):
+  """A residual (or, with residual=False, plain) network of `stage_sizes` blocks per stage."""
+
+  stage_sizes: Sequence[int]
+  num_classes: int = 1000
+  bottleneck: bool = False
+  stem: str = "imagenet"  # 'imagenet' (7x7/2 conv + max-pool) or 'cifar' (3x3 conv)
+  widths: Sequence[int] = (64, 128, 256, 512)
+  residual: bool = True
+  shortcut: str = "B"
+  stride_in: str = "v1"
+  zero_init_residual: bool = False
+  activation: str = "relu"
+  norm: str = "batchnorm"
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if self.stem not in ("imagenet", "cifar"):
+      raise ValueError(f"unknown stem {self.stem!r}; valid: imagenet, cifar")
+    act = activation(self.activation)
+    norm = conv_norm(self.norm, train)
+    # BatchNorm's shift makes a conv bias redundant; without a norm the convs need their own.
+    conv = functools.partial(nn.Conv, use_bias=norm is None, kernel_init=HE_NORMAL)
+    out = {}
+    if self.stem == "imagenet":
+      x = ConvUnit(self.widths[0], 7, conv, norm, act, strides=2, name="conv1")(x)
+      x = max_pool(x, 3, 2, padding=1)
+    else:
+      x = ConvUnit(self.widths[0], 3, conv, norm, act, name="conv1")(x)
+    out["conv1"] = x
+    block = functools.partial(
+        ResidualBlock,
+        conv=conv,
+        norm=norm,
+        act=act,
+        bottleneck=self.bottleneck,
+        residual=self.residual,
+        shortcut=self.shortcut,
+        stride_in=self.stride_in,
+        zero_init_last_norm=self.zero_init_residual,
+    )
+    for i, (size, width) in enumerate(zip(self.stage_sizes, self.widths)):
+      for j in range(size):
+        name = f"conv{i + 2}_{j + 1}"
+        x = block(width, strides=2 if i > 0 and j == 0 else 1, name=name)(x)
+        out[name] = x
+    x = out["pre_logits"] = global_avg_pool(x)
+    return nn.Dense(self.num_classes, name="fc")(x), out
+
+
+# ImageNet networks, paper Table 1; option B as the paper's 50/101/152 (and torchvision's 18/34).
+ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2))
+ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3))
+ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), bottleneck=True)
+ResNet101 = functools.partial(ResNet, stage_sizes=(3, 4, 23, 3), bottleneck=True)
+ResNet152 = functools.partial(ResNet, stage_sizes=(3, 8, 36, 3), bottleneck=True)
+
+IMAGENET_RESNETS = {18: ResNet18, 34: ResNet34, 50: ResNet50, 101: ResNet101, 152: ResNet152}
+
+
+def cifar_resnet(depth: int, residual: bool = True):
+  """The CIFAR-10 ResNet (or plain net) of depth 6n+2 (paper section 4.2): option-A shortcuts, 10 classes."""
+  if depth < 8 or (depth - 2) % 6:
+    raise ValueError(f"a CIFAR ResNet has depth 6n+2 (20, 32, 44, 56, 110, ...), not {depth}")
+  n = (depth - 2) // 6
+  return functools.partial(
+      ResNet, stage_sizes=(n, n, n), stem="cifar", widths=(16, 32, 64), shortcut="A", num_classes=10, residual=residual
+  )
