@@ -40,7 +40,8 @@ def primitive_macs(eqn) -> int:
   return 0
 
 
-def _sub_jaxprs(eqn):
+def sub_jaxprs(eqn):
+  """The jaxprs an equation calls (jit, custom_jvp, remat, cond branches ...)."""
   for value in eqn.params.values():
     for item in value if isinstance(value, (tuple, list)) else (value,):
       if isinstance(item, jex_core.ClosedJaxpr):
@@ -59,7 +60,7 @@ def _walk(jaxpr, in_depths, scope, macs_by_scope):
   for eqn in jaxpr.eqns:
     here = "/".join(p for p in (scope, str(eqn.source_info.name_stack)) if p)
     deepest_input = max((depth_of(v) for v in eqn.invars), default=0)
-    subs = list(_sub_jaxprs(eqn))
+    subs = list(sub_jaxprs(eqn))
     if eqn.primitive.name in ("scan", "while"):
       raise NotImplementedError(f"{eqn.primitive.name}: loops are not counted; unroll the model's layers")
     if subs:
@@ -79,6 +80,17 @@ def _walk(jaxpr, in_depths, scope, macs_by_scope):
       out_depths = [deepest_input + (eqn.primitive.name in _WEIGHTED)] * len(eqn.outvars)
     depth.update(zip(eqn.outvars, out_depths))
   return [depth_of(v) for v in jaxpr.outvars]
+
+
+def trace(fn, *args) -> tuple[dict, list]:
+  """Trace fn(*args) abstractly (args may be ShapeDtypeStructs) without running it.
+
+  Returns ({name scope: MACs} in forward order, [weighted-layer depth of each flat output]).
+  """
+  closed = jax.make_jaxpr(fn)(*args)
+  by_scope = defaultdict(int)
+  depths = _walk(closed.jaxpr, [0] * len(closed.jaxpr.invars), "", by_scope)
+  return dict(by_scope), depths
 
 
 def stage_of(name: str) -> str:
@@ -112,10 +124,14 @@ def abstract_variables(model, input_shape, train=False, batch=1):
   return jax.eval_shape(lambda x: model.init(rngs, x, train=train), x)
 
 
+def size(tree) -> int:
+  """Number of scalars in a pytree of arrays or shapes."""
+  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
+
+
 def count_params(model, input_shape, train=False) -> int:
   """Trainable parameters (the 'params' collection) of `model` built for inputs of `input_shape` (H, W, C)."""
-  params = abstract_variables(model, input_shape, train)["params"]
-  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
+  return size(abstract_variables(model, input_shape, train)["params"])
 
 
 def cost(model, input_shape, train=False) -> Cost:
@@ -132,9 +148,7 @@ def cost(model, input_shape, train=False) -> Cost:
       return model.apply(variables, x, train=True, rngs=rngs, mutable=["batch_stats"])[0]
     return model.apply(variables, x, train=False)
 
-  closed = jax.make_jaxpr(forward)(variables, x)
-  by_scope = defaultdict(int)
-  depths = _walk(closed.jaxpr, [0] * len(closed.jaxpr.invars), "", by_scope)
+  by_scope, depths = trace(forward, variables, x)
   macs = sum(by_scope.values())
   depth = depths[0]  # the main logits come first; auxiliary heads branch off and end early
   macs_by_layer = defaultdict(int)
@@ -142,7 +156,5 @@ def cost(model, input_shape, train=False) -> Cost:
     parts = scope.split("/")
     if len(parts) > 1 or m:  # the root's own glue (pooling, reshapes) is no layer unless it computes
       macs_by_layer[parts[1] if len(parts) > 1 else parts[0]] += m
-  params_by_layer = {
-      name: sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree)) for name, tree in variables["params"].items()
-  }
+  params_by_layer = {name: size(tree) for name, tree in variables["params"].items()}
   return Cost(sum(params_by_layer.values()), macs, depth, params_by_layer, dict(macs_by_layer))
