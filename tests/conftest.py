@@ -1,0 +1,52 @@
+"""Shared fixtures. Tests run on the CPU; devices are simulated where a test needs several."""
+import numpy as np
+import pytest
+from absl import flags
+from PIL import Image
+
+# Outside an absl app nothing parses flags; grain's worker processes read theirs, so take the defaults.
+flags.FLAGS.mark_as_parsed()
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(tmp_path_factory):
+  """A tfds data directory for the session, so `digits` is prepared once."""
+  return str(tmp_path_factory.mktemp("tensorflow_datasets"))
+
+
+@pytest.fixture(scope="session")
+def local_cifar10(tmp_path_factory):
+  """A 24/10-example dataset in tfds's real cifar10 format (array_record, PNG-encoded images), written here.
+
+  tfds cannot download CIFAR-10 on this machine, and its Image feature needs TensorFlow to encode arrays,
+  so the real cifar10 builder is subclassed to generate a few PIL images instead of reading the download.
+  """
+  from tensorflow_datasets.image_classification.cifar import Cifar10
+
+  class LocalCifar10(Cifar10, skip_registration=True):
+    name = "cifar10"
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples("train_", 24), "test": self._generate_examples("test_", 10)}
+
+    def _generate_examples(self, prefix, count):
+      rng = np.random.default_rng(len(prefix))
+      for i in range(count):
+        image = Image.fromarray(np.full((32, 32, 3), 10 * i, np.uint8) + rng.integers(0, 5, (32, 32, 3), np.uint8))
+        yield i, {"id": f"{prefix}{i:05d}", "image": image, "label": i % 10}
+
+  data_dir = str(tmp_path_factory.mktemp("cifar10_tfds"))
+  LocalCifar10(data_dir=data_dir, file_format="array_record").download_and_prepare()
+  return data_dir
+
+
+def write_images(root, layout):
+  """Write PNGs: layout maps 'split/class' (or 'class') to a number of images; pixel value = running count."""
+  count = 0
+  for folder, n in layout.items():
+    path = root / folder
+    path.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+      Image.fromarray(np.full((20 + i, 24, 3), count % 256, np.uint8)).save(path / f"{i}.png")
+      count += 1
+  return root

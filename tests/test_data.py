@@ -1,0 +1,179 @@
+"""Datasets and the grain pipeline: offline digits, a real tfds array_record dataset, image folders, and
+the pipeline's promises (eval coverage, host sharding, resumable iterators) as properties."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from cnnjax import data
+from cnnjax.data.sources import TFDS, ArraySource
+from conftest import write_images
+
+
+def index_dataset(n, shape=(4, 4, 1), style="small"):
+  """n examples whose label is their index (mod 2**31) and whose pixels are index % 256."""
+  images = np.broadcast_to((np.arange(n) % 256).astype(np.uint8)[:, None, None, None], (n, *shape)).copy()
+  source = ArraySource(images, np.arange(n))
+  return data.Dataset("index", source, source, n, TFDS["cifar10"] if style == "cifar" else data.sources.Spec(style))
+
+
+def test_digits_builds_offline_without_tensorflow(tmp_path):
+  code = (
+      "import sys; from cnnjax import data; d = data.load('digits', sys.argv[1]);"
+      "assert 'tensorflow' not in sys.modules; print(len(d.train), len(d.test), d.num_classes)"
+  )
+  result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.split()[-3:] == ["1500", "297", "10"]
+
+
+def test_digits_are_scikit_learns_digits(tfds_dir):
+  from sklearn.datasets import load_digits
+
+  d = data.load("digits", tfds_dir)
+  ours = sorted((e["image"].tobytes(), e["label"]) for split in (d.train, d.test) for e in (split[i] for i in range(len(split))))
+  ref = load_digits()
+  theirs = sorted((np.minimum(im * 16, 255).astype(np.uint8)[..., None].tobytes(), int(t)) for im, t in zip(ref.images, ref.target))
+  assert ours == theirs
+
+
+def test_a_real_tfds_dataset_goes_through_the_pipeline(local_cifar10):
+  d = data.load("cifar10", local_cifar10)
+  assert (len(d.train), len(d.test), d.num_classes) == (24, 10, 10)
+  batch = next(iter(data.train_batches(d, (32, 32, 3), data.Layout(8, local_devices=2), seed=0)))
+  assert batch["image"].shape == (2, 4, 32, 32, 3) and batch["image"].dtype == np.uint8
+  batches = list(data.eval_batches(d, (32, 32, 3), data.Layout(4, local_devices=2)))
+  labels = np.concatenate([b["label"].ravel()[b["mask"].ravel() == 1] for b in batches])
+  means = np.concatenate([b["image"].reshape(-1, 32 * 32 * 3).mean(1)[b["mask"].ravel() == 1] for b in batches])
+  assert sorted(labels) == list(range(10))  # each test example once (tfds stores them in its own order)
+  assert np.all(np.abs(means - 10 * labels - 2) < 1)  # test example i: label i, PNG pixels 10 i + noise in 0..4
+
+
+def test_unprepared_dataset_says_where_and_how(tmp_path):
+  with pytest.raises(data.DatasetError) as e:
+    data.load("cifar10", str(tmp_path))
+  message = str(e.value)
+  assert str(tmp_path) in message and "tfds build cifar10 --file_format=array_record" in message
+  assert "digits" in message and "pip install -e '.[prepare]'" in message
+  with pytest.raises(data.DatasetError, match="--manual_dir"):
+    data.load("imagenet2012", str(tmp_path))
+
+
+def test_unknown_dataset_lists_the_valid_ones():
+  with pytest.raises(data.DatasetError, match="unknown dataset 'cifar11'.*digits.*cifar10.*imagefolder"):
+    data.load("cifar11")
+
+
+def test_fake_datasets():
+  d = data.load("fake:20x24x1:7")
+  assert d.num_classes == 7 and d.train[3]["image"].shape == (20, 24, 1) and d.train[9]["label"] == 2
+  with pytest.raises(data.DatasetError, match="fake:HxWxC:CLASSES"):
+    data.load("fake:big")
+
+
+def test_image_folder_with_train_and_test(tmp_path):
+  write_images(tmp_path, {"train/cat": 3, "train/dog": 2, "test/cat": 1, "test/dog": 1})
+  d = data.load(f"imagefolder:{tmp_path}")
+  assert d.num_classes == 2 and len(d.train) == 5 and len(d.test) == 2
+  assert [d.train[i]["label"] for i in range(5)] == [0, 0, 0, 1, 1]  # classes in sorted order: cat, dog
+  assert [int(d.train[i]["image"][0, 0, 0]) for i in range(5)] == [0, 1, 2, 3, 4]
+  batch = next(iter(data.eval_batches(d, (16, 16, 3), data.Layout(2))))
+  assert batch["image"].shape == (1, 2, 16, 16, 3)
+
+
+def test_image_folder_without_test_holds_out_a_fixed_fraction(tmp_path):
+  write_images(tmp_path, {"a": 10, "b": 10})
+  d = data.load(f"imagefolder:{tmp_path}")
+  assert (len(d.train), len(d.test)) == (18, 2)
+  assert sorted(d.test[i]["label"] for i in range(2)) == [0, 1]
+
+
+def test_image_folder_errors(tmp_path):
+  with pytest.raises(data.DatasetError, match="does not exist"):
+    data.load(f"imagefolder:{tmp_path / 'missing'}")
+  with pytest.raises(data.DatasetError, match="no class sub-folders"):
+    data.load(f"imagefolder:{tmp_path}")
+  write_images(tmp_path / "x", {"train/cat": 1, "train/dog": 1, "test/cat": 1, "test/owl": 1})
+  with pytest.raises(data.DatasetError, match=r"only in train: \['dog'\]; only in test: \['owl'\]"):
+    data.load(f"imagefolder:{tmp_path / 'x'}")
+  write_images(tmp_path / "y", {"cat": 2})
+  (tmp_path / "y" / "dog").mkdir()
+  with pytest.raises(data.DatasetError, match="without PNG/JPEG files: dog"):
+    data.load(f"imagefolder:{tmp_path / 'y'}")
+  (tmp_path / "y" / "dog" / "broken.png").write_bytes(b"not a png")
+  d = data.load(f"imagefolder:{tmp_path / 'y'}")
+  broken = next(i for i in range(len(d.train)) if d.train.files[i][0].endswith("broken.png"))
+  with pytest.raises(data.DatasetError, match="cannot decode image .*broken.png"):
+    d.train[broken]
+
+
+@settings(deadline=None, max_examples=25)
+@given(st.integers(1, 120), st.sampled_from([1, 2, 4]), st.sampled_from([1, 2, 3]), st.integers(1, 5))
+def test_eval_covers_every_example_exactly_once(n, devices, processes, per_device):
+  d = index_dataset(n)
+  seen, counts = [], set()
+  for p in range(processes):
+    layout = data.Layout(per_device * devices * processes, devices, p, processes)
+    batches = list(data.eval_batches(d, (4, 4, 1), layout))
+    counts.add(len(batches))
+    for b in batches:
+      assert b["image"].shape[:2] == b["mask"].shape == (devices, per_device)
+      seen += list(b["label"][b["mask"] == 1])
+      assert not b["image"][b["mask"] == 0].any()  # padding is blank
+  assert sorted(seen) == list(range(n))
+  assert len(counts) == 1  # every host steps through the same number of batches
+
+
+@settings(deadline=None, max_examples=20)
+@given(st.integers(8, 100), st.sampled_from([1, 2, 3, 4]), st.integers(1, 4), st.integers(0, 99))
+def test_host_shards_partition_the_training_set(n, processes, local_batch, seed):
+  epochs = []
+  for p in range(processes):
+    shard = len(range(p, n, processes))
+    stream = iter(data.train_batches(index_dataset(n), (4, 4, 1), data.Layout(local_batch * processes, 1, p, processes), seed))
+    labels = []
+    while len(labels) < shard:
+      labels += list(next(stream)["label"].ravel())
+    epochs.append(labels[:shard])
+  assert sorted(sum(epochs, [])) == list(range(n))  # one epoch on every host covers each example once
+
+
+def _take(iterator, k):
+  return [next(iterator) for _ in range(k)]
+
+
+def _equal(a, b):
+  return len(a) == len(b) and all(np.array_equal(x[k], y[k]) for x, y in zip(a, b) for k in x)
+
+
+@pytest.mark.parametrize("style", ["cifar", "small"])
+def test_a_restored_iterator_yields_the_same_next_batches(style):
+  d = index_dataset(50, (8, 8, 3), style)
+  pipeline = lambda: iter(data.train_batches(d, (8, 8, 3), data.Layout(8, local_devices=2), seed=3))
+  original = pipeline()
+  _take(original, 9)  # across an epoch boundary (50 / 8)
+  state = original.get_state()
+  expected = _take(original, 5)
+  resumed = pipeline()
+  resumed.set_state(state)
+  assert _equal(_take(resumed, 5), expected)
+
+
+def test_digits_pipeline_is_deterministic_and_seeded(tfds_dir):
+  d = data.load("digits", tfds_dir)
+  make = lambda seed: _take(iter(data.train_batches(d, (32, 32, 1), data.Layout(16), seed)), 3)
+  assert _equal(make(0), make(0))
+  assert not _equal(make(0), make(1))
+
+
+def test_worker_processes_give_the_same_batches():
+  d = index_dataset(64, (8, 8, 3), "cifar")
+  make = lambda workers: _take(iter(data.train_batches(d, (8, 8, 3), data.Layout(8), seed=0, workers=workers)), 6)
+  assert _equal(make(0), make(2))
+
+
+def test_batch_size_must_split_over_devices():
+  with pytest.raises(ValueError, match="does not split evenly over 2 host.*4 device"):
+    data.Layout(12, local_devices=4, process_count=2)
