@@ -108,7 +108,7 @@ def test_alexnet_initialisation_follows_the_paper():
 def test_lenet_initialisation_follows_the_paper():
   # appendix A: uniform in (-2.4/F, 2.4/F), F the unit's fan-in
   params = jax.jit(models.create("lenet5").init)(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))["params"]
-  for kernel, fan_in in ((params["C1"]["kernel"], 25), (params["C3"]["fan_in_4"]["kernel"], 100), (params["F6"]["kernel"], 120)):
+  for kernel, fan_in in ((params["C1"]["kernel"], 25), (params["C3"]["kernel_fan_in_4"], 100), (params["F6"]["kernel"], 120)):
     assert float(jnp.max(jnp.abs(kernel))) <= 2.4 / fan_in
     assert float(jnp.max(jnp.abs(kernel))) > 2.4 / fan_in * 0.8  # it spans the range, not a narrower one
 

@@ -72,6 +72,7 @@ class AlexNet(nn.Module):
   activation: str = "relu"
   dropout: float = 0.5
   global_pool: bool = False
+  axis_name: str | None = None  # BatchNorm statistics averaged over this pmap axis in training
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -79,7 +80,7 @@ class AlexNet(nn.Module):
       raise ValueError(f"unknown AlexNet layout {self.layout!r}; valid: {', '.join(LAYOUTS)}")
     layout = LAYOUTS[self.layout]
     act = activation(self.activation)
-    norm = conv_norm(self.norm, train, choices=("lrn", "batchnorm", "none"))
+    norm = conv_norm(self.norm, train, choices=("lrn", "batchnorm", "none"), axis_name=self.axis_name)
     out = {}
     for i, layer in enumerate(layout.convs, start=1):
       conv = functools.partial(nn.Conv, kernel_init=layout.kernel_init, bias_init=nn.initializers.constant(layer.bias))

@@ -70,11 +70,12 @@ class GoogLeNet(nn.Module):
   activation: str = "relu"
   c5_kernel: int = 5
   dropout: float = 0.4
+  axis_name: str | None = None  # BatchNorm statistics averaged over this pmap axis in training
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     act = activation(self.activation)
-    norm = conv_norm(self.norm, train, choices=("lrn", "batchnorm", "none"))
+    norm = conv_norm(self.norm, train, choices=("lrn", "batchnorm", "none"), axis_name=self.axis_name)
     lrn = caffe_lrn if self.norm == "lrn" else (lambda x: x)
     conv = functools.partial(nn.Conv, use_bias=norm is None, kernel_init=XAVIER, bias_init=nn.initializers.constant(0.2))
     unit = functools.partial(ConvUnit, conv=conv, norm=norm, act=act)

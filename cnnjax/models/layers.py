@@ -99,14 +99,15 @@ def activation(name: str) -> Callable:
   return ACTIVATIONS[name]
 
 
-def conv_norm(name: str, train: bool, choices=("batchnorm", "none"), **batchnorm_options):
+def conv_norm(name: str, train: bool, choices=("batchnorm", "none"), axis_name: str | None = None):
   """The norm a conv unit applies after its convolution, or None.
 
   'lrn' (where a model allows it) is not a per-conv norm: the model places LRN where its paper does,
-  so here it means no per-conv norm.
+  so here it means no per-conv norm. With `axis_name`, BatchNorm averages its batch statistics over that
+  pmap axis in training, so results do not depend on how the batch is split over devices.
   """
   if name not in choices:
     raise ValueError(f"unknown norm {name!r} for this model; valid: {', '.join(choices)}")
   if name == "batchnorm":
-    return functools.partial(BATCH_NORM, use_running_average=not train, **batchnorm_options)
+    return functools.partial(BATCH_NORM, use_running_average=not train, axis_name=axis_name)
   return None

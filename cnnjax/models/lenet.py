@@ -75,10 +75,11 @@ class Subsampling(nn.Module):
 
 
 class SparseConv(nn.Module):
-  """A convolution in which output map i sees only the input maps connections[i].
+  """A VALID convolution in which output map i sees only the input maps connections[i].
 
-  Maps with the same fan-in form one grouped convolution over their gathered inputs, so parameters and
-  multiply-adds are exactly those of the connections that exist.
+  Maps with the same fan-in share one kernel tensor; each map is its own small convolution over just
+  its inputs, so parameters and multiply-adds are exactly those of the connections that exist. (One
+  grouped convolution would say the same, but XLA runs it a hundred times slower on CPU here.)
   """
 
   connections: tuple[tuple[int, ...], ...]
@@ -87,15 +88,16 @@ class SparseConv(nn.Module):
   @nn.compact
   def __call__(self, x):
     k = self.kernel_size
-    outputs, order = [], []
+    maps = [None] * len(self.connections)
     for fan_in in sorted({len(c) for c in self.connections}):
-      maps = [i for i, c in enumerate(self.connections) if len(c) == fan_in]
-      inputs = x[..., np.array([j for i in maps for j in self.connections[i]])]
-      conv = nn.Conv(len(maps), (k, k), padding="VALID", feature_group_count=len(maps),
-                     kernel_init=lecun98_uniform, name=f"fan_in_{fan_in}")  # fmt: skip
-      outputs.append(conv(inputs))
-      order += maps
-    return jnp.concatenate(outputs, axis=-1)[..., np.argsort(order)]
+      members = [i for i, c in enumerate(self.connections) if len(c) == fan_in]
+      kernel = self.param(f"kernel_fan_in_{fan_in}", lecun98_uniform, (k, k, fan_in, len(members)))
+      bias = self.param(f"bias_fan_in_{fan_in}", nn.initializers.zeros, (len(members),))
+      for g, i in enumerate(members):
+        inputs = x[..., np.array(self.connections[i])]
+        out = lax.conv_general_dilated(inputs, kernel[..., g : g + 1], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        maps[i] = out + bias[g]
+    return jnp.concatenate(maps, axis=-1)
 
 
 class LeNet5(nn.Module):

@@ -34,13 +34,14 @@ class ResNet(nn.Module):
   zero_init_residual: bool = False
   activation: str = "relu"
   norm: str = "batchnorm"
+  axis_name: str | None = None  # BatchNorm statistics averaged over this pmap axis in training
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     if self.stem not in ("imagenet", "cifar"):
       raise ValueError(f"unknown stem {self.stem!r}; valid: imagenet, cifar")
     act = activation(self.activation)
-    norm = conv_norm(self.norm, train)
+    norm = conv_norm(self.norm, train, axis_name=self.axis_name)
     # BatchNorm's shift makes a conv bias redundant; without a norm the convs need their own.
     conv = functools.partial(nn.Conv, use_bias=norm is None, kernel_init=HE_NORMAL)
     out = {}

@@ -29,11 +29,12 @@ class VGG(nn.Module):
   activation: str = "relu"
   dropout: float = 0.5
   global_pool: bool = False
+  axis_name: str | None = None  # BatchNorm statistics averaged over this pmap axis in training
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     act = activation(self.activation)
-    norm = conv_norm(self.norm, train)
+    norm = conv_norm(self.norm, train, axis_name=self.axis_name)
     conv = functools.partial(nn.Conv, kernel_init=GLOROT)
     out = {}
     for block, (size, width) in enumerate(zip(self.block_sizes, self.widths), start=1):

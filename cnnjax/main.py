@@ -1,0 +1,48 @@
+"""python -m cnnjax.main --config=configs/NAME.py[:ARG] [--config.FIELD=VALUE ...] [--workdir=DIR] [--mode=train|eval]
+
+Parses flags and calls cnnjax.train; everything else is importable and tested on its own.
+"""
+import datetime
+import os
+import pathlib
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from cnnjax import checkpoint, data, train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/lenet5.py or configs/resnet.py:50.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go; rerun with the same workdir to resume. "
+                    "Default: a new folder under ./runs/.")  # fmt: skip
+flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (and evaluate), or evaluate the workdir's latest checkpoint.")
+flags.mark_flags_as_required(["config"])
+
+
+def default_workdir(config_path: str) -> str:
+  name = pathlib.Path(config_path.split(":")[0]).stem + (f"-{config_path.split(':', 1)[1]}" if ":" in config_path else "")
+  return os.path.join("runs", f"{name.replace(',', '-')}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax and grain log every save and read at INFO
+  workdir = FLAGS.workdir or default_workdir(FLAGS["config"].config_filename)
+  try:
+    if FLAGS.mode == "train":
+      train.train_and_evaluate(FLAGS.config, workdir)
+    else:
+      result = train.evaluate(FLAGS.config, workdir)
+      print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
+  except checkpoint.Preempted as e:
+    print(e, file=sys.stderr)
+    sys.exit(143)  # 128 + SIGTERM, as if the signal had ended the process
+  except (ValueError, data.DatasetError, train.TrainingDiverged, checkpoint.CheckpointError) as e:
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  app.run(main)

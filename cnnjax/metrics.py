@@ -1,0 +1,138 @@
+"""What a run shows and leaves behind: a progress line, metrics.jsonl, TensorBoard events, a curves PNG.
+
+Only the lead process (process 0) writes files; every process may print.
+"""
+import json
+import math
+import sys
+import time
+
+from etils import epath
+
+
+class Writer:
+  """metrics.jsonl (one JSON object per line) and TensorBoard event files (tensorboardX: no TensorFlow)."""
+
+  def __init__(self, workdir: str, is_lead: bool = True):
+    self.workdir = epath.Path(workdir)
+    self.is_lead = is_lead
+    self.path = self.workdir / "metrics.jsonl"
+    self._tb = None
+    if is_lead:
+      from tensorboardX import SummaryWriter
+
+      self.workdir.mkdir(parents=True, exist_ok=True)
+      self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
+
+  def write(self, line: dict):
+    if not self.is_lead:
+      return
+    with self.path.open("a") as f:
+      f.write(json.dumps(line) + "\n")
+    for key, value in line.items():
+      if key not in ("step", "epoch"):
+        self._tb.add_scalar(key, value, line["step"])
+    self._tb.flush()
+
+  def note(self, text: str):
+    print(text, flush=True)
+
+  def finish(self, summary: dict):
+    """Write the curves PNG and summary.json, and print the summary."""
+    if self.is_lead:
+      (self.workdir / "summary.json").write_text(json.dumps(summary, indent=1))
+      plot_curves(self.path, self.workdir / "curves.png")
+    parts = [f"final step {summary['final_step']}"]
+    if "eval_accuracy" in summary:
+      parts.append(f"test accuracy {summary['eval_accuracy']:.2%}")
+    if "eval_top5" in summary:
+      parts.append(f"top-5 {summary['eval_top5']:.2%}")
+    parts.append(f"wall time {summary['wall_time_s']:.0f}s")
+    print("done: " + ", ".join(parts), flush=True)
+    print(f"wrote {self.workdir}/: metrics.jsonl, tensorboard/, curves.png, summary.json, checkpoints/", flush=True)
+
+  def close(self):
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_metrics(path) -> list[dict]:
+  path = epath.Path(path)
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def plot_curves(metrics_path, png_path):
+  """Loss and error (1 - accuracy) against step, training and test, from metrics.jsonl."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  lines = read_metrics(metrics_path)
+  train = [l for l in lines if "train_loss" in l]
+  test = [l for l in lines if "eval_loss" in l]
+  fig, (loss_ax, err_ax) = plt.subplots(1, 2, figsize=(10, 4))
+  for rows, prefix, style in ((train, "train", "-"), (test, "eval", "o-")):
+    if rows:
+      steps = [r["step"] for r in rows]
+      loss_ax.plot(steps, [r[f"{prefix}_loss"] for r in rows], style, label="train" if prefix == "train" else "test")
+      err_ax.plot(steps, [100 * (1 - r[f"{prefix}_accuracy"]) for r in rows], style, label="train" if prefix == "train" else "test")
+  loss_ax.set(xlabel="step", ylabel="loss", title="loss")
+  err_ax.set(xlabel="step", ylabel="error (%)", title="error")
+  for ax in (loss_ax, err_ax):
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.tight_layout()
+  fig.savefig(str(png_path), dpi=100)
+  plt.close(fig)
+
+
+class Progress:
+  """One line of step, epoch, loss, accuracy, img/s and ETA: redrawn in place on a terminal, else printed per log."""
+
+  def __init__(self, total_steps: int, steps_per_epoch: int, batch_size: int, first_step: int = 0, stream=None):
+    self.total, self.steps_per_epoch, self.batch_size = total_steps, steps_per_epoch, batch_size
+    self.stream = stream or sys.stdout
+    self.tty = self.stream.isatty()
+    self._last_step, self._last_time = first_step, time.time()
+    self._rate = None
+
+  def throughput(self, step: int) -> float:
+    """Images per second since the previous call (the first interval includes compilation)."""
+    now = time.time()
+    rate = (step - self._last_step) * self.batch_size / max(now - self._last_time, 1e-9)
+    self._last_step, self._last_time, self._rate = step, now, rate
+    return rate
+
+  def update(self, step: int, line: dict):
+    eta = (self.total - step) * self.batch_size / self._rate if self._rate else math.nan
+    text = (
+        f"step {step}/{self.total}  epoch {step / self.steps_per_epoch:.2f}  loss {line['train_loss']:.4f}  "
+        f"acc {line['train_accuracy']:.2%}  {line['img_per_s']:.0f} img/s  ETA {_duration(eta)}"
+    )
+    self._print(text)
+
+  def eval(self, step: int, result: dict):
+    text = f"eval at step {step}: loss {result['eval_loss']:.4f}  accuracy {result['eval_accuracy']:.2%}"
+    if "eval_top5" in result:
+      text += f"  top-5 {result['eval_top5']:.2%}"
+    self._print(text, keep=True)
+
+  def _print(self, text: str, keep: bool = False):
+    if self.tty:
+      self.stream.write("\r\033[K" + text + ("\n" if keep else ""))
+    else:
+      self.stream.write(text + "\n")
+    self.stream.flush()
+
+  def close(self):
+    if self.tty:
+      self.stream.write("\n")
+      self.stream.flush()
+
+
+def _duration(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  seconds = int(seconds)
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"

@@ -1,0 +1,369 @@
+"""Training and evaluation: pure step functions, pmapped over the local devices, and the loop around them.
+
+The flow of one run: config -> dataset (cnnjax.data) and model (cnnjax.models) -> `create_train_state`
+(shapes from jax.eval_shape, one jitted init) -> restore the latest checkpoint, if any -> loop over
+pmapped `train_step`s, metrics kept on device and fetched every `log_every_steps` -> padded, masked
+evaluation -> Orbax checkpoints of the state and the data iterator's position -> curves and summary.
+"""
+import dataclasses
+import functools
+import math
+import signal
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax.training import train_state
+from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from cnnjax import checkpoint, data, metrics, models
+from cnnjax.models.googlenet import AUX_HEADS
+
+AXIS = "batch"
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def input_shape(config) -> tuple[int, int, int]:
+  return (config.image_size, config.image_size, config.channels)
+
+
+def create_model(config, num_classes: int, axis_name: str | None = None) -> nn.Module:
+  """The config's model; `axis_name` synchronises BatchNorm over the pmap axis (models without BN ignore it)."""
+  options = dict(config.model_options)
+  if axis_name and "axis_name" in models.options(config.model):
+    options["axis_name"] = axis_name
+  return models.create(config.model, num_classes=num_classes, **options)
+
+
+def create_learning_rate_fn(config, steps_per_epoch: int) -> optax.Schedule:
+  """The paper's schedule: 'constant', 'step' (x lr_decay_factor at lr_decay_steps or lr_decay_epochs),
+  'exponential' (x lr_decay_factor every lr_decay_every_epochs, GoogLeNet's 4% every 8 epochs) or
+  'cosine', after an optional warm-up: 'linear' from 0, or 'constant' at warmup_lr (ResNet-110's 0.01)."""
+  lr = config.learning_rate
+  warmup = config.warmup_steps or round(config.warmup_epochs * steps_per_epoch)
+  total = total_steps(config, steps_per_epoch)
+  if config.schedule == "constant":
+    main = optax.constant_schedule(lr)
+  elif config.schedule == "step":
+    boundaries = list(config.lr_decay_steps) or [round(e * steps_per_epoch) for e in config.lr_decay_epochs]
+    main = optax.piecewise_constant_schedule(lr, {b - warmup: config.lr_decay_factor for b in boundaries})
+  elif config.schedule == "exponential":
+    every = round(config.lr_decay_every_epochs * steps_per_epoch)
+    main = optax.exponential_decay(lr, every, config.lr_decay_factor, staircase=True)
+  elif config.schedule == "cosine":
+    main = optax.cosine_decay_schedule(lr, max(total - warmup, 1))
+  else:
+    raise ValueError(f"unknown schedule {config.schedule!r}; valid: constant, step, exponential, cosine")
+  if not warmup:
+    return main
+  if config.warmup_type == "linear":
+    ramp = optax.linear_schedule(0.0, lr, warmup)
+  elif config.warmup_type == "constant":
+    ramp = optax.constant_schedule(config.warmup_lr)
+  else:
+    raise ValueError(f"unknown warmup_type {config.warmup_type!r}; valid: linear, constant")
+  return optax.join_schedules([ramp, main], [warmup])
+
+
+def create_optimizer(config, learning_rate_fn) -> optax.GradientTransformation:
+  """SGD with momentum and weight decay added to the gradient (PyTorch's and Caffe's coupled form)."""
+  return optax.chain(
+      optax.add_decayed_weights(config.weight_decay),
+      optax.sgd(learning_rate_fn, momentum=config.momentum or None, nesterov=config.nesterov),
+  )
+
+
+def total_steps(config, steps_per_epoch: int) -> int:
+  return config.num_steps or round(config.num_epochs * steps_per_epoch)
+
+
+def create_train_state(model: nn.Module, optimizer, shape, seed: int) -> TrainState:
+  """Parameters initialised by one jitted init of the model (its BatchNorm unsynchronised: outside pmap)."""
+  local = model.clone(axis_name=None) if hasattr(model, "axis_name") else model
+
+  @jax.jit
+  def init(key):
+    params_key, dropout_key = jax.random.split(key)
+    variables = local.init({"params": params_key, "dropout": dropout_key}, jnp.zeros((1, *shape)), train=True)
+    return TrainState.create(
+        apply_fn=model.apply, params=variables["params"], batch_stats=variables.get("batch_stats", {}), tx=optimizer
+    )
+
+  return init(jax.random.key(seed))
+
+
+def cross_entropy(logits, labels, label_smoothing: float = 0.0):
+  """Mean softmax cross-entropy in float32, with optional label smoothing."""
+  logits = logits.astype(jnp.float32)
+  targets = jax.nn.one_hot(labels, logits.shape[-1])
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets).mean()
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """What a step needs besides state and batch; static, so the step is traced once."""
+
+  model: nn.Module
+  learning_rate_fn: Any
+  mean: tuple
+  std: tuple
+  label_smoothing: float = 0.0
+  aux_loss_weight: float = 0.3
+  compute_dtype: Any = jnp.float32
+  seed: int = 0
+
+
+def train_step(state: TrainState, batch, step_config: StepConfig):
+  """One SGD step on this device's share of the batch; gradients and metrics are averaged over devices."""
+  cfg = step_config
+  images = data.normalize(batch["image"], cfg.mean, cfg.std).astype(cfg.compute_dtype)
+  # a fresh dropout key per step and device, derived from the seed: resuming needs no saved RNG
+  dropout_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), state.step), lax.axis_index(AXIS))
+
+  def loss_fn(params):
+    params = jax.tree.map(lambda p: p.astype(cfg.compute_dtype), params)  # bf16 compute, fp32 master weights
+    (logits, out), updates = state.apply_fn(
+        {"params": params, "batch_stats": state.batch_stats}, images, train=True,
+        rngs={"dropout": dropout_key}, mutable=["batch_stats"],
+    )  # fmt: skip
+    loss = cross_entropy(logits, batch["label"], cfg.label_smoothing)
+    # GoogLeNet: "the losses of the auxiliary classifiers were weighted by 0.3" (section 5)
+    aux = [cross_entropy(out[f"aux_{h}"], batch["label"], cfg.label_smoothing) for h in AUX_HEADS if f"aux_{h}" in out]
+    return loss + cfg.aux_loss_weight * sum(aux), (loss, logits, updates)
+
+  (_, (loss, logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grads = lax.pmean(grads, AXIS)
+  batch_stats = lax.pmean(updates.get("batch_stats", {}), AXIS)  # already equal when BatchNorm is synchronised
+  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+  return state, lax.pmean({"loss": loss, "accuracy": accuracy, "learning_rate": cfg.learning_rate_fn(state.step - 1)}, AXIS)
+
+
+def eval_step(state: TrainState, batch, step_config: StepConfig):
+  """Masked sums over this batch, across devices: loss, top-1 and top-5 hits, examples."""
+  cfg = step_config
+  images = data.normalize(batch["image"], cfg.mean, cfg.std).astype(cfg.compute_dtype)
+  params = jax.tree.map(lambda p: p.astype(cfg.compute_dtype), state.params)
+  logits, _ = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, images, train=False)
+  logits = logits.astype(jnp.float32)
+  mask, labels = batch["mask"], batch["label"]
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  top5 = jnp.any(lax.top_k(logits, min(5, logits.shape[-1]))[1] == labels[:, None], axis=-1)
+  sums = {
+      "loss": jnp.sum(losses * mask),
+      "accuracy": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+      "top5": jnp.sum(top5 * mask),
+      "count": jnp.sum(mask),
+  }
+  return lax.psum(sums, AXIS)
+
+
+def pmapped_steps(step_config: StepConfig):
+  """(train_step, eval_step) pmapped over the local devices with axis name 'batch'.
+
+  The state goes in unreplicated and comes out as one array per leaf (replicated over the mesh), so Orbax
+  saves it as it is; the train step donates it, so parameters are updated in place.
+  """
+  p_train = jax.pmap(
+      functools.partial(train_step, step_config=step_config), AXIS, in_axes=(None, 0), out_axes=(None, None), donate_argnums=(0,)
+  )
+  p_eval = jax.pmap(functools.partial(eval_step, step_config=step_config), AXIS, in_axes=(None, 0), out_axes=None)
+  return p_train, p_eval
+
+
+def device_mesh() -> Mesh:
+  return Mesh(np.array(jax.local_devices()), (AXIS,))
+
+
+def replicate(tree, mesh: Mesh):
+  """Place a pytree on every local device once, with the sharding the pmapped step returns (so it traces once)."""
+  return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
+def prefetch_to_device(iterator, mesh: Mesh, size: int = 2):
+  """Yield (batch on device, iterator state after it): `size` batches are in flight while the step runs.
+
+  The iterator state travels with its batch, so a checkpoint records the position of the last batch
+  *trained on*, not of the last one prefetched.
+  """
+  sharding = NamedSharding(mesh, PartitionSpec(AXIS))
+  queue = []
+  while True:
+    while len(queue) < size:
+      batch = next(iterator)
+      queue.append((jax.device_put(batch, sharding), iterator.get_state()))
+    yield queue.pop(0)
+
+
+def normalization(dataset: data.Dataset, channels: int) -> tuple[tuple, tuple]:
+  """The dataset's per-channel mean and std, converted to the model's channel count."""
+  mean, std = (np.asarray(s, np.float64) for s in dataset.spec.stats)
+  if len(mean) != channels:
+    mean, std = (np.full(channels, s.mean()) for s in (mean, std))
+  return tuple(mean.tolist()), tuple(std.tolist())
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything a run builds from its config before the first step."""
+
+  config: ml_collections.ConfigDict
+  dataset: data.Dataset
+  layout: data.Layout
+  steps_per_epoch: int
+  total_steps: int
+  step_config: StepConfig
+  optimizer: optax.GradientTransformation
+
+
+def build(config) -> Run:
+  """Dataset, model, schedule and initial state; raises ValueError / DatasetError for a bad config."""
+  dataset = data.load(config.dataset, config.data_dir or None)
+  shape = input_shape(config)
+  layout = data.Layout(config.batch_size, jax.local_device_count(), jax.process_index(), jax.process_count())
+  steps_per_epoch = max(1, len(dataset.train) // config.batch_size)
+  model = create_model(config, dataset.num_classes, axis_name=AXIS)
+  lr_fn = create_learning_rate_fn(config, steps_per_epoch)
+  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(config.dtype)
+  if dtype is None:
+    raise ValueError(f"unknown dtype {config.dtype!r}; valid: float32, bfloat16")
+  mean, std = normalization(dataset, config.channels)
+  step_config = StepConfig(model, lr_fn, mean, std, config.label_smoothing, config.aux_loss_weight, dtype, config.seed)
+  optimizer = create_optimizer(config, lr_fn)
+  return Run(config, dataset, layout, steps_per_epoch, total_steps(config, steps_per_epoch), step_config, optimizer)
+
+
+def initial_state(run: Run) -> TrainState:
+  return create_train_state(run.step_config.model, run.optimizer, input_shape(run.config), run.config.seed)
+
+
+def evaluate_state(p_eval, state, run: Run) -> dict:
+  """Loss, accuracy and top-5 over the whole test split (each example once)."""
+  sums = None
+  for batch in data.eval_batches(run.dataset, input_shape(run.config), run.layout, run.config.workers):
+    out = p_eval(state, batch)
+    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+  sums = jax.device_get(sums)
+  count = float(sums["count"])
+  result = {"eval_loss": float(sums["loss"]) / count, "eval_accuracy": float(sums["accuracy"]) / count}
+  if run.dataset.num_classes > 10:
+    result["eval_top5"] = float(sums["top5"]) / count
+  return result
+
+
+class _Preemption:
+  """Remembers a SIGTERM (a TPU VM preemption) so the loop can checkpoint and stop between steps."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Train `config` in `workdir`, resuming from its latest checkpoint; returns the final summary."""
+  start = time.time()
+  run = build(config)
+  mesh = device_mesh()
+  ckpt = checkpoint.Checkpointer(workdir, config, keep=config.keep_checkpoints)
+  state, data_state = ckpt.restore_latest(functools.partial(initial_state, run))
+  state = replicate(state, mesh)
+  step = int(state.step)
+  train_iter = iter(data.train_batches(run.dataset, input_shape(config), run.layout, config.seed, config.augment, config.workers))
+  if data_state is not None:
+    train_iter.set_state(data_state)
+  batches = prefetch_to_device(train_iter, mesh)
+  p_train, p_eval = pmapped_steps(run.step_config)
+  writer = metrics.Writer(workdir, is_lead=jax.process_index() == 0)
+  progress = metrics.Progress(run.total_steps, run.steps_per_epoch, config.batch_size, first_step=step)
+  eval_every = config.eval_every_steps or max(1, round(config.eval_every_epochs * run.steps_per_epoch))
+  log_every = min(config.log_every_steps, eval_every)
+  ckpt_every = config.checkpoint_every_steps or eval_every
+  writer.note(f"{config.model} on {config.dataset}: {run.total_steps} steps of {config.batch_size} "
+              f"({run.steps_per_epoch} per epoch) on {jax.local_device_count()} {jax.devices()[0].platform} device(s); "
+              f"workdir {workdir}" + (f"; resumed at step {step}" if step else ""))  # fmt: skip
+  preemption = _Preemption()
+  pending, data_state, last_eval = [], data_state, {}
+  try:
+    while step < run.total_steps:
+      batch, data_state = next(batches)
+      state, step_metrics = p_train(state, batch)
+      pending.append(step_metrics)
+      step += 1
+      at_end = step == run.total_steps
+      checkpoint_now = step % ckpt_every == 0 or at_end or preemption.requested
+      if step % log_every == 0 or checkpoint_now:
+        _log_train(pending, step, run, writer, progress)  # raises TrainingDiverged before anything is saved
+        pending = []
+      if step % eval_every == 0 or at_end:
+        last_eval = evaluate_state(p_eval, state, run)
+        writer.write({"step": step, "epoch": step / run.steps_per_epoch, **last_eval})
+        progress.eval(step, last_eval)
+      if checkpoint_now:
+        ckpt.save(step, state, data_state)
+      if preemption.requested:
+        ckpt.wait()
+        raise checkpoint.Preempted(f"stopped by SIGTERM at step {step}; checkpoint saved in {ckpt.directory}. "
+                                   "Rerun the same command to resume.")  # fmt: skip
+    if not last_eval:  # resumed after the last step: evaluate what was restored
+      last_eval = evaluate_state(p_eval, state, run)
+  finally:
+    preemption.restore()
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
+    progress.close()
+  summary = {"final_step": step, **last_eval, "wall_time_s": round(time.time() - start, 1), "workdir": workdir}
+  writer.finish(summary)
+  return summary
+
+
+def _log_train(pending, step, run: Run, writer, progress):
+  fetched = jax.device_get(pending)
+  losses = np.array([m["loss"] for m in fetched])
+  if not np.all(np.isfinite(losses)):
+    bad = step - len(losses) + int(np.argmax(~np.isfinite(losses))) + 1
+    raise TrainingDiverged(f"the loss became {losses[~np.isfinite(losses)][0]} at step {bad}; stopped without saving. "
+                           "The last good checkpoint is kept; lower the learning rate or check the data.")  # fmt: skip
+  line = {
+      "step": step,
+      "epoch": step / run.steps_per_epoch,
+      "train_loss": float(losses.mean()),
+      "train_accuracy": float(np.mean([m["accuracy"] for m in fetched])),
+      "learning_rate": float(fetched[-1]["learning_rate"]),
+      "img_per_s": progress.throughput(step),
+  }
+  writer.write(line)
+  progress.update(step, line)
+
+
+def evaluate(config, workdir: str) -> dict:
+  """Evaluate the latest checkpoint of `workdir` on the full test split."""
+  run = build(config)
+  ckpt = checkpoint.Checkpointer(workdir, config, keep=config.keep_checkpoints, create=False)
+  state, _ = ckpt.restore_latest(functools.partial(initial_state, run), required=True)
+  _, p_eval = pmapped_steps(run.step_config)
+  result = {"step": int(state.step), **evaluate_state(p_eval, replicate(state, device_mesh()), run)}
+  ckpt.close()
+  return result

@@ -1,0 +1,43 @@
+"""CIFAR-10 ResNets and plain nets (He et al. 2015, section 4.2): `:DEPTH[,plain][,local]`, DEPTH = 6n+2.
+
+    python -m cnnjax.main --config=configs/cifar_resnet.py:56          # ResNet-56
+    python -m cnnjax.main --config=configs/cifar_resnet.py:56,plain    # plain-56 (Fig. 1 / Fig. 6)
+    python -m cnnjax.main --config=configs/cifar_resnet.py:110         # with the paper's 0.01 warm-up
+    python -m cnnjax.main --config=configs/cifar_resnet.py:20,local    # offline on `digits`, 16x16, CPU
+    ... --config.model_options.activation=sigmoid --config.model_options.norm=none   # gradient-flow studies
+
+Dataset: cifar10 prepared as array_record (see README). Hardware: one GPU (the paper: two), or a CPU
+for ResNet-20 with patience. Recipe: batch 128, SGD momentum 0.9, weight decay 1e-4, lr 0.1 divided by
+10 at 32k and 48k iterations, stop at 64k; 4-pixel pad, random 32x32 crop, flip; option-A shortcuts.
+ResNet-110 (and deeper) warm up at lr 0.01 for 400 iterations ("until the training error is below 80%").
+Paper test error (Table 6): ResNet-20 8.75%, 32 7.51%, 44 7.17%, 56 6.97%, 110 6.43% (best of 5).
+"""
+import ml_collections
+
+from cnnjax import config
+
+
+def get_config(arg: str = "20") -> ml_collections.ConfigDict:
+  args = [a for a in arg.split(",") if a]
+  depth = int(args[0]) if args and args[0].isdigit() else -1
+  if depth < 8 or (depth - 2) % 6 or set(args[1:]) - {"plain", "local"}:
+    raise ValueError(f"cifar_resnet config argument {arg!r}: write DEPTH[,plain][,local] with DEPTH = 6n+2 (20, 32, 44, 56, 110)")
+  c = config.base()
+  c.model = ("cifar_plain" if "plain" in args else "cifar_resnet") + str(depth)
+  c.model_options.activation = "relu"
+  c.model_options.norm = "batchnorm"
+  c.dataset = "cifar10"
+  c.image_size = 32
+  c.batch_size = 128
+  c.learning_rate = 0.1
+  c.weight_decay = 1e-4
+  c.num_steps = 64_000
+  c.lr_decay_steps = (32_000, 48_000)
+  c.eval_every_steps = 2_000
+  if depth >= 110:
+    c.warmup_steps, c.warmup_type, c.warmup_lr = 400, "constant", 0.01
+  if "local" in args:
+    # 8x8 digits upsampled to 16x16; two epochs at 0.01 before 0.1, as the paper's warm-up (shared/design.md)
+    config.local(c, image_size=16, batch_size=128, num_epochs=30, learning_rate=0.1)
+    c.warmup_epochs, c.warmup_type, c.warmup_lr = 2.0, "constant", 0.01
+  return c

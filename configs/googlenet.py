@@ -1,0 +1,37 @@
+"""GoogLeNet / Inception v1 (Szegedy et al. 2014) on ImageNet, with its auxiliary classifiers.
+
+    python -m cnnjax.main --config=configs/googlenet.py               # paper: LRN, true 5x5, aux heads
+    python -m cnnjax.main --config=configs/googlenet.py:torchvision   # BatchNorm, 3x3 "5x5" branch
+    python -m cnnjax.main --config=configs/googlenet.py:local         # offline on `digits`, 32x32, CPU
+
+Dataset: imagenet2012 prepared as array_record (see README). Hardware: a multi-GPU host or TPU slice
+(the paper: "a few high-end GPUs within a week"). Recipe (section 6): SGD momentum 0.9, learning rate
+decreased 4% every 8 epochs, crops of 8%-100% of the area at aspect 3/4-4/3, auxiliary losses weighted
+0.3. The paper gives neither batch size, base rate, weight decay nor length: batch 256, lr 0.08, weight
+decay 2e-4 and 60 epochs here are our choices, not the paper's. Polyak averaging is not used.
+Paper: 10.07% top-5 error on ILSVRC-2012 val, one model, one crop (Table 3); torchvision's weights:
+30.2% top-1 / 10.5% top-5.
+"""
+import ml_collections
+
+from cnnjax import config
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  c = config.base()
+  c.model, c.dataset = "googlenet", "imagenet2012"
+  c.batch_size = 256
+  c.learning_rate = 0.08
+  c.weight_decay = 2e-4
+  c.num_epochs = 60
+  c.schedule = "exponential"
+  c.lr_decay_factor = 0.96
+  c.lr_decay_every_epochs = 8
+  args = set(filter(None, arg.split(",")))
+  if "torchvision" in args:
+    c.model = "googlenet_torchvision"
+  if "local" in args:
+    config.local(c, image_size=32, learning_rate=0.02)
+  if args - {"torchvision", "local"}:
+    raise ValueError(f"unknown googlenet config argument(s) {sorted(args - {'torchvision', 'local'})}; valid: torchvision, local")
+  return c
