@@ -44,5 +44,18 @@ def main(argv):
     sys.exit(f"error: {e}")
 
 
+def parse_flags(argv):
+  """absl's flag parsing, with a bad config override (an unknown field, a wrong type) as one clear line."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    lines = str(e).strip().splitlines()
+    # a config file's own error arrives wrapped in its traceback: keep the first and the last line
+    sys.exit(f"error: {lines[0]} {lines[-1]}" if "Traceback" in str(e) else f"error: {e}")
+  except (AttributeError, KeyError, TypeError) as e:  # ml_collections' unknown field
+    override = next((a for a in argv if a.startswith("--config.")), "")
+    sys.exit(f"error: {override.split('=')[0][2:]} is not a field of this config ({e}); see the config file for its fields")
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

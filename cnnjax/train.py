@@ -173,21 +173,22 @@ def eval_step(state: TrainState, batch, step_config: StepConfig):
   return lax.psum(sums, AXIS)
 
 
-def pmapped_steps(step_config: StepConfig):
-  """(train_step, eval_step) pmapped over the local devices with axis name 'batch'.
+def pmapped_steps(step_config: StepConfig, devices=None):
+  """(train_step, eval_step) pmapped over `devices` (default: the local devices) with axis name 'batch'.
 
   The state goes in unreplicated and comes out as one array per leaf (replicated over the mesh), so Orbax
   saves it as it is; the train step donates it, so parameters are updated in place.
   """
   p_train = jax.pmap(
-      functools.partial(train_step, step_config=step_config), AXIS, in_axes=(None, 0), out_axes=(None, None), donate_argnums=(0,)
-  )
-  p_eval = jax.pmap(functools.partial(eval_step, step_config=step_config), AXIS, in_axes=(None, 0), out_axes=None)
+      functools.partial(train_step, step_config=step_config), AXIS, in_axes=(None, 0), out_axes=(None, None),
+      donate_argnums=(0,), devices=devices,
+  )  # fmt: skip
+  p_eval = jax.pmap(functools.partial(eval_step, step_config=step_config), AXIS, in_axes=(None, 0), out_axes=None, devices=devices)
   return p_train, p_eval
 
 
-def device_mesh() -> Mesh:
-  return Mesh(np.array(jax.local_devices()), (AXIS,))
+def device_mesh(devices=None) -> Mesh:
+  return Mesh(np.array(devices or jax.local_devices()), (AXIS,))
 
 
 def replicate(tree, mesh: Mesh):

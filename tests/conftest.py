@@ -1,4 +1,9 @@
-"""Shared fixtures. Tests run on the CPU; devices are simulated where a test needs several."""
+"""Shared fixtures. Tests run on the CPU with 8 simulated devices, so pmapped steps really split batches."""
+import os
+
+# before anything imports jax
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+
 import numpy as np
 import pytest
 from absl import flags

@@ -1,6 +1,4 @@
 """Building models by name: the errors a user sees for bad names, options and inputs."""
-import jax
-import jax.numpy as jnp
 import pytest
 
 from cnnjax import complexity, models
@@ -65,17 +63,3 @@ def test_num_classes_sets_the_classifier():
   variables = complexity.abstract_variables(model, (32, 32, 3))
   assert variables["params"]["fc8"]["kernel"].shape == (4096, 37)
   assert variables["params"]["fc6"]["kernel"].shape == (512, 4096)  # the cheap head for small inputs
-
-
-def test_every_model_really_runs_on_a_small_input():
-  # one real forward pass of a thin variant per family, to catch what shapes alone cannot
-  for name, options, shape in [
-      ("lenet5", {}, (32, 32, 1)),
-      ("resnet20", {"widths": (4, 8, 16)}, (16, 16, 3)),
-      ("resnet50", {"widths": (4, 8, 16, 32), "stage_sizes": (1, 1, 1, 1)}, (32, 32, 3)),
-  ]:
-    model = models.create(name, **options)
-    x = jnp.ones((2, *shape))
-    variables = jax.jit(model.init)(jax.random.key(0), x)
-    logits, _ = jax.jit(model.apply)(variables, x)
-    assert logits.shape == (2, 10 if name != "resnet50" else 1000) and bool(jnp.all(jnp.isfinite(logits)))

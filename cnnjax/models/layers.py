@@ -32,9 +32,14 @@ def max_pool(x, window: int, stride: int, padding: int = 0, ceil_mode: bool = Fa
   built for 224x224 also run on 32x32 inputs; at the papers' sizes nothing changes.
   """
   pads = [(0, 0)]
-  for n in x.shape[1:3]:
+  for axis in (1, 2):
+    n = x.shape[axis]
     out = max(output_size(n, window, stride, padding, ceil_mode), 1)
-    pads.append((padding, (out - 1) * stride + window - n - padding))
+    high = (out - 1) * stride + window - n - padding
+    if high < 0:  # floor mode leaves trailing rows unused: crop them (negative padding breaks the gradient)
+      x = lax.slice_in_dim(x, 0, n + high, axis=axis)
+      high = 0
+    pads.append((padding, high))
   pads.append((0, 0))
   return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1), pads)
 
