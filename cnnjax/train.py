@@ -232,9 +232,10 @@ class Run:
   optimizer: optax.GradientTransformation
 
 
-def build(config) -> Run:
-  """Dataset, model, schedule and initial state; raises ValueError / DatasetError for a bad config."""
-  dataset = data.load(config.dataset, config.data_dir or None)
+def build(config, dataset: data.Dataset | None = None) -> Run:
+  """Dataset (the config's, unless given), model, schedule and optimizer; raises ValueError / DatasetError
+  for a bad config."""
+  dataset = dataset or data.load(config.dataset, config.data_dir or None)
   shape = input_shape(config)
   layout = data.Layout(config.batch_size, jax.local_device_count(), jax.process_index(), jax.process_count())
   steps_per_epoch = max(1, len(dataset.train) // config.batch_size)
