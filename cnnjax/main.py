@@ -40,7 +40,10 @@ def main(argv):
   except checkpoint.Preempted as e:
     print(e, file=sys.stderr)
     sys.exit(143)  # 128 + SIGTERM, as if the signal had ended the process
-  except (ValueError, data.DatasetError, train.TrainingDiverged, checkpoint.CheckpointError) as e:
+  except data.DatasetError as e:
+    path, _, arg = FLAGS["config"].config_filename.partition(":")  # name the offline variant of this very config
+    sys.exit(f"error: {e}".replace("configs/NAME.py:local", f"{path}:{arg},local" if arg else f"{path}:local"))
+  except (ValueError, train.TrainingDiverged, checkpoint.CheckpointError) as e:
     sys.exit(f"error: {e}")
 
 

@@ -105,7 +105,8 @@ def test_sigterm_saves_a_checkpoint_and_exits(tfds_dir, tmp_path):
         (["--config=configs/lenet5.py", "--config.model=lenet6"], "unknown model 'lenet6'"),
         (["--config=configs/lenet5.py", "--config.dataset=cifar11"], "unknown dataset 'cifar11'"),
         (["--config=configs/resnet.py:51"], "resnet config argument '51'"),
-        (["--config=configs/googlenet.py"], "--config=configs/NAME.py:local"),  # after where and how to prepare it
+        (["--config=configs/googlenet.py"], "--config=configs/googlenet.py:local"),  # after where and how to prepare it
+        (["--config=configs/resnet.py:50"], "--config=configs/resnet.py:50,local"),
     ],
 )
 def test_bad_input_exits_with_one_clear_message(args, message, tmp_path):

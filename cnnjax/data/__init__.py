@@ -1,7 +1,6 @@
 """Datasets and input pipelines: tfds (array_record) as storage, grain as the loader. Knows no model."""
-from cnnjax.data.pipeline import Layout, eval_batch_count, eval_batches, fit_example, train_batches
+from cnnjax.data.pipeline import Layout, eval_batches, train_batches
 from cnnjax.data.sources import NAMES, Dataset, DatasetError, load
 from cnnjax.data.transforms import normalize
 
-__all__ = ["NAMES", "Dataset", "DatasetError", "Layout", "eval_batch_count", "eval_batches", "fit_example", "load",
-           "normalize", "train_batches"]  # fmt: skip
+__all__ = ["NAMES", "Dataset", "DatasetError", "Layout", "eval_batches", "load", "normalize", "train_batches"]

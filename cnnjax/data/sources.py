@@ -6,7 +6,9 @@
 - `imagefolder:/path`: the user's PNG/JPEG files, one sub-folder per class, under train/ and test/;
 - `fake` or `fake:HxWxC:CLASSES`: random images, for benchmarks.
 """
+import contextlib
 import dataclasses
+import logging
 import os
 import pathlib
 from typing import Any, Sequence
@@ -70,20 +72,29 @@ def load(name: str, data_dir: str | None = None) -> Dataset:
   raise DatasetError(f"unknown dataset {name!r}; valid: {', '.join(NAMES)}")
 
 
-def _builder(tfds_name: str, data_dir: str | None):
-  import tensorflow_datasets as tfds
-
-  return tfds.builder(tfds_name, data_dir=data_dir)
+@contextlib.contextmanager
+def _quiet_absl():
+  """tfds warns about every version folder it looks for and does not find: our own message says it better."""
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    absl_logger.setLevel(level)
 
 
 def _tfds(name: str, data_dir: str | None) -> Dataset:
+  import tensorflow_datasets as tfds
+
   spec = TFDS[name]
-  builder = _builder(spec.tfds_name, data_dir)
-  root = builder.data_dir_root
-  files = list(pathlib.Path(builder.data_dir).glob("*.array_record*")) if builder.is_prepared() else []
+  with _quiet_absl():
+    builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
+    root, prepared = builder.data_dir_root, builder.is_prepared()
+  files = list(pathlib.Path(builder.data_dir).glob("*.array_record*")) if prepared else []
   if not files:
     how = PREPARE.get(name, "tfds build {name} --file_format=array_record --data_dir={data_dir}")
-    found = " (it is prepared there, but not as array_record files)" if builder.is_prepared() else ""
+    found = " (it is prepared there, but not as array_record files)" if prepared else ""
     raise DatasetError(
         f"dataset {name!r} is not prepared in {builder.data_dir}{found}.\n"
         f"Prepare it once (this step needs TensorFlow: pip install -e '.[prepare]'):\n"
