@@ -53,7 +53,9 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def save(self, step: int, state, data_state: dict):
-    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
+    # force: the loop decides when to save; Orbax alone would skip a save while the previous one is writing
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state))
+    self.manager.save(step, args=args, force=True)
 
   def restore_latest(self, init_fn: Callable, required: bool = False):
     """(state, data iterator state) from the newest readable checkpoint, else (init_fn(), None).

@@ -314,7 +314,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       pending.append(step_metrics)
       step += 1
       at_end = step == run.total_steps
-      checkpoint_now = step % ckpt_every == 0 or at_end or preemption.requested
+      stop = preemption.requested  # read once: a SIGTERM arriving later in this step is handled at the next
+      checkpoint_now = step % ckpt_every == 0 or at_end or stop
       if step % log_every == 0 or checkpoint_now:
         _log_train(pending, step, run, writer, progress)  # raises TrainingDiverged before anything is saved
         pending = []
@@ -324,7 +325,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         progress.eval(step, last_eval)
       if checkpoint_now:
         ckpt.save(step, state, data_state)
-      if preemption.requested:
+      if stop:
         ckpt.wait()
         raise checkpoint.Preempted(f"stopped by SIGTERM at step {step}; checkpoint saved in {ckpt.directory}. "
                                    "Rerun the same command to resume.")  # fmt: skip
