@@ -4,7 +4,10 @@ Config files (configs/*.py) start from `base()` and set what their paper prescri
 overridden on the command line (`--config.learning_rate=0.05`). Unknown fields and values of the wrong
 type are refused by ml_collections before anything runs.
 """
+import sys
+
 import ml_collections
+from absl import flags
 
 
 def base() -> ml_collections.ConfigDict:
@@ -67,3 +70,16 @@ def local(c: ml_collections.ConfigDict, image_size: int = 32, batch_size: int = 
   c.eval_every_steps = 0
   c.workers = 0
   return c
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with a bad config override (an unknown field, a wrong type) as one clear line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    lines = str(e).strip().splitlines()
+    # a config file's own error arrives wrapped in its traceback: keep the first and the last line
+    sys.exit(f"error: {lines[0]} {lines[-1]}" if "Traceback" in str(e) else f"error: {e}")
+  except (AttributeError, KeyError, TypeError) as e:  # ml_collections' unknown field
+    override = next((a for a in argv if a.startswith("--config.")), "")
+    sys.exit(f"error: {override.split('=')[0][2:]} is not a field of this config ({e}); see the config file for its fields")

@@ -11,6 +11,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cnnjax import checkpoint, data, train
+from cnnjax.config import parse_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/lenet5.py or configs/resnet.py:50.", lock_config=True)
@@ -45,19 +46,6 @@ def main(argv):
     sys.exit(f"error: {e}".replace("configs/NAME.py:local", f"{path}:{arg},local" if arg else f"{path}:local"))
   except (ValueError, train.TrainingDiverged, checkpoint.CheckpointError) as e:
     sys.exit(f"error: {e}")
-
-
-def parse_flags(argv):
-  """absl's flag parsing, with a bad config override (an unknown field, a wrong type) as one clear line."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    lines = str(e).strip().splitlines()
-    # a config file's own error arrives wrapped in its traceback: keep the first and the last line
-    sys.exit(f"error: {lines[0]} {lines[-1]}" if "Traceback" in str(e) else f"error: {e}")
-  except (AttributeError, KeyError, TypeError) as e:  # ml_collections' unknown field
-    override = next((a for a in argv if a.startswith("--config.")), "")
-    sys.exit(f"error: {override.split('=')[0][2:]} is not a field of this config ({e}); see the config file for its fields")
 
 
 if __name__ == "__main__":

@@ -128,25 +128,30 @@ class StepConfig:
   seed: int = 0
 
 
+def loss_fn(params, state: TrainState, images, labels, cfg: StepConfig, dropout_key):
+  """The training objective: cross-entropy, plus GoogLeNet's auxiliary losses weighted by cfg.aux_loss_weight.
+
+  Returns (objective, (main loss, logits, BatchNorm updates, intermediates)).
+  """
+  params = jax.tree.map(lambda p: p.astype(cfg.compute_dtype), params)  # bf16 compute, fp32 master weights
+  (logits, out), updates = state.apply_fn(
+      {"params": params, "batch_stats": state.batch_stats}, images.astype(cfg.compute_dtype), train=True,
+      rngs={"dropout": dropout_key}, mutable=["batch_stats"],
+  )  # fmt: skip
+  loss = cross_entropy(logits, labels, cfg.label_smoothing)
+  # GoogLeNet: "the losses of the auxiliary classifiers were weighted by 0.3" (section 5)
+  aux = [cross_entropy(out[f"aux_{h}"], labels, cfg.label_smoothing) for h in AUX_HEADS if f"aux_{h}" in out]
+  return loss + cfg.aux_loss_weight * sum(aux), (loss, logits, updates, out)
+
+
 def train_step(state: TrainState, batch, step_config: StepConfig):
   """One SGD step on this device's share of the batch; gradients and metrics are averaged over devices."""
   cfg = step_config
-  images = data.normalize(batch["image"], cfg.mean, cfg.std).astype(cfg.compute_dtype)
+  images = data.normalize(batch["image"], cfg.mean, cfg.std)
   # a fresh dropout key per step and device, derived from the seed: resuming needs no saved RNG
   dropout_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), state.step), lax.axis_index(AXIS))
-
-  def loss_fn(params):
-    params = jax.tree.map(lambda p: p.astype(cfg.compute_dtype), params)  # bf16 compute, fp32 master weights
-    (logits, out), updates = state.apply_fn(
-        {"params": params, "batch_stats": state.batch_stats}, images, train=True,
-        rngs={"dropout": dropout_key}, mutable=["batch_stats"],
-    )  # fmt: skip
-    loss = cross_entropy(logits, batch["label"], cfg.label_smoothing)
-    # GoogLeNet: "the losses of the auxiliary classifiers were weighted by 0.3" (section 5)
-    aux = [cross_entropy(out[f"aux_{h}"], batch["label"], cfg.label_smoothing) for h in AUX_HEADS if f"aux_{h}" in out]
-    return loss + cfg.aux_loss_weight * sum(aux), (loss, logits, updates)
-
-  (_, (loss, logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  (_, (loss, logits, updates, _)), grads = grad_fn(state.params, state, images, batch["label"], cfg, dropout_key)
   grads = lax.pmean(grads, AXIS)
   batch_stats = lax.pmean(updates.get("batch_stats", {}), AXIS)  # already equal when BatchNorm is synchronised
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)

@@ -5,6 +5,7 @@
     python -m cnnjax.main --config=configs/cifar_resnet.py:110         # with the paper's 0.01 warm-up
     python -m cnnjax.main --config=configs/cifar_resnet.py:20,local    # offline on `digits`, 16x16, CPU
     ... --config.model_options.activation=sigmoid --config.model_options.norm=none   # gradient-flow studies
+    ... --config.model_options.preactivation=True                                     # identity shortcut path
 
 Dataset: cifar10 prepared as array_record (see README). Hardware: one GPU (the paper: two), or a CPU
 for ResNet-20 with patience. Recipe: batch 128, SGD momentum 0.9, weight decay 1e-4, lr 0.1 divided by
@@ -26,6 +27,7 @@ def get_config(arg: str = "20") -> ml_collections.ConfigDict:
   c.model = ("cifar_plain" if "plain" in args else "cifar_resnet") + str(depth)
   c.model_options.activation = "relu"
   c.model_options.norm = "batchnorm"
+  c.model_options.preactivation = False  # True: He et al. 2016's norm -> act -> conv units
   c.dataset = "cifar10"
   c.image_size = 32
   c.batch_size = 128

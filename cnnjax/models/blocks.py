@@ -129,6 +129,8 @@ class ResidualBlock(nn.Module):
   B projects with a strided 1x1 conv + norm; C projects on every block.
   `zero_init_last_norm` starts each branch's last norm scale at zero, so every block begins as the
   identity (Goyal et al. 2017; not in the ResNet paper).
+  `preactivation` gives He et al. 2016's unit, y = x + F(x) with F = (norm -> act -> conv) per layer and
+  nothing after the addition: the shortcut path through the whole network is then a pure identity.
   """
 
   width: int
@@ -141,10 +143,13 @@ class ResidualBlock(nn.Module):
   shortcut: str = "B"
   stride_in: str = "v1"
   zero_init_last_norm: bool = False
+  preactivation: bool = False
 
   @nn.compact
   def __call__(self, x):
     layers = branch_layers(self.bottleneck, self.width, self.strides, self.stride_in)
+    if self.preactivation:
+      return self._preactivated(x, layers)
     y = x
     for i, (features, kernel, strides) in enumerate(layers):
       last = i == len(layers) - 1
@@ -154,12 +159,25 @@ class ResidualBlock(nn.Module):
       y = ConvUnit(features, kernel, self.conv, norm, None if last else self.act, strides, name=f"conv{i + 1}")(y)
     if not self.residual:
       return self.act(y)
-    return self.act(y + self._shortcut(x, layers[-1][0]))
+    return self.act(y + self._shortcut(x, x, layers[-1][0]))
 
-  def _shortcut(self, x, features):
+  def _preactivated(self, x, layers):
+    if self.zero_init_last_norm:
+      raise ValueError("zero-initialised last norms belong to post-activation blocks; a pre-activation branch ends in a conv")
+    y = x
+    for i, (features, kernel, strides) in enumerate(layers):
+      y = self.norm(name=f"preact{i + 1}")(y) if self.norm is not None else y
+      y = self.act(y)
+      if i == 0:
+        activated = y  # a projection shortcut starts from the activated input too
+      y = ConvUnit(features, kernel, self.conv, None, None, strides, name=f"conv{i + 1}")(y)
+    return y + self._shortcut(x, activated, layers[-1][0]) if self.residual else y
+
+  def _shortcut(self, x, projection_input, features):
     if self.shortcut not in ("A", "B", "C"):
       raise ValueError(f"unknown shortcut option {self.shortcut!r}; valid: A, B, C")
     changes_shape = self.strides != 1 or x.shape[-1] != features
     if self.shortcut == "C" or (self.shortcut == "B" and changes_shape):
-      return ConvUnit(features, 1, self.conv, self.norm, None, self.strides, padding=0, name="projection")(x)
+      norm = None if self.preactivation else self.norm
+      return ConvUnit(features, 1, self.conv, norm, None, self.strides, padding=0, name="projection")(projection_input)
     return zero_pad_shortcut(x, features, self.strides) if changes_shape else x

@@ -32,6 +32,7 @@ class ResNet(nn.Module):
   shortcut: str = "B"
   stride_in: str = "v1"
   zero_init_residual: bool = False
+  preactivation: bool = False  # He et al. 2016: norm -> act -> conv units, identity shortcut path
   activation: str = "relu"
   norm: str = "batchnorm"
   axis_name: str | None = None  # BatchNorm statistics averaged over this pmap axis in training
@@ -48,8 +49,8 @@ class ResNet(nn.Module):
     if self.stem == "imagenet":
       x = ConvUnit(self.widths[0], 7, conv, norm, act, strides=2, name="conv1")(x)
       x = max_pool(x, 3, 2, padding=1)
-    else:
-      x = ConvUnit(self.widths[0], 3, conv, norm, act, name="conv1")(x)
+    else:  # a pre-activation network leaves the stem's norm and activation to the first unit
+      x = ConvUnit(self.widths[0], 3, conv, *((None, None) if self.preactivation else (norm, act)), name="conv1")(x)
     out["conv1"] = x
     block = functools.partial(
         ResidualBlock,
@@ -61,12 +62,15 @@ class ResNet(nn.Module):
         shortcut=self.shortcut,
         stride_in=self.stride_in,
         zero_init_last_norm=self.zero_init_residual,
+        preactivation=self.preactivation,
     )
     for i, (size, width) in enumerate(zip(self.stage_sizes, self.widths)):
       for j in range(size):
         name = f"conv{i + 2}_{j + 1}"
         x = block(width, strides=2 if i > 0 and j == 0 else 1, name=name)(x)
         out[name] = x
+    if self.preactivation:  # the last units' sum has not been normalised or activated yet
+      x = act(norm(name="final_norm")(x) if norm is not None else x)
     x = out["pre_logits"] = global_avg_pool(x)
     return nn.Dense(self.num_classes, name="fc")(x), out
 

@@ -1,0 +1,134 @@
+"""Gradient flow: how large each layer's gradient is, from the input end to the output end, at given steps.
+
+    python -m cnnjax.gradflow --config=configs/cifar_resnet.py:20,local --workdir=W --steps=0,100 \\
+        --config.model_options.activation=sigmoid --config.model_options.norm=none
+
+Writes W/gradflow.json: `layers`, the weighted layers (conv, dense) in forward order, each with `name`,
+`depth` and `grad_norm` at the first requested step; `steps`, the same per requested step with activation
+statistics of each named intermediate; and W/gradflow.png, gradient norm against depth, one line per step.
+Gradients are those of the training loss on one fixed probe batch (the first training batch), on one
+device; between the requested steps the model trains with its config's recipe on all local devices.
+"""
+import itertools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from etils import epath
+from ml_collections import config_flags
+
+from cnnjax import data, train
+from cnnjax.config import parse_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file, as for cnnjax.main.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Where gradflow.json and gradflow.png go.")
+flags.DEFINE_list("steps", ["0"], "Training steps at which to measure (0: at initialisation).")
+
+
+def weighted_layers(tree) -> list[tuple[str, object]]:
+  """(module path, kernel) of every conv and dense layer, in forward (creation) order."""
+  found = []
+
+  def walk(node, path):
+    for key, value in node.items():
+      if isinstance(value, dict) or hasattr(value, "items"):
+        walk(value, path + (key,))
+      elif key.startswith("kernel"):
+        found.append(("/".join(path + (key,) if key != "kernel" else path), value))
+
+  walk(tree, ())
+  return found
+
+
+def profile(state: train.TrainState, batch: dict, step_config: train.StepConfig) -> dict:
+  """Per-layer gradient norms and per-intermediate activation statistics for one batch, one device."""
+  cfg = step_config
+
+  @jax.jit
+  def measure(state, images, labels):
+    grads, (_, _, _, out) = jax.grad(train.loss_fn, has_aux=True)(
+        state.params, state, data.normalize(images, cfg.mean, cfg.std), labels, cfg, jax.random.key(cfg.seed)
+    )
+    norms = [jnp.linalg.norm(g.astype(jnp.float32)) for _, g in weighted_layers(grads)]
+    stats = {k: (jnp.mean(v), jnp.std(v)) for k, v in out.items() if not k.startswith("aux")}
+    return norms, stats
+
+  images = batch["image"].reshape(-1, *batch["image"].shape[2:])
+  labels = batch["label"].reshape(-1)
+  # one device, the whole probe batch: BatchNorm needs no cross-device axis here
+  local = cfg.model.clone(axis_name=None) if hasattr(cfg.model, "axis_name") else cfg.model
+  norms, stats = jax.device_get(measure(state.replace(apply_fn=local.apply), images, labels))
+  names = [name for name, _ in weighted_layers(state.params)]
+  return {
+      "layers": [{"name": n, "depth": i + 1, "grad_norm": float(g)} for i, (n, g) in enumerate(zip(names, norms))],
+      "activations": [{"name": k, "mean": float(m), "std": float(s)} for k, (m, s) in stats.items()],
+  }
+
+
+def run(config, workdir: str, steps: list[int]) -> dict:
+  """Measure at each of `steps`, training in between; write gradflow.json and gradflow.png into workdir."""
+  steps = sorted(set(steps))
+  setup = train.build(config)
+  mesh = train.device_mesh()
+  state = train.replicate(train.initial_state(setup), mesh)
+  stream = iter(data.train_batches(setup.dataset, train.input_shape(config), setup.layout, config.seed, config.augment))
+  probe = next(stream)
+  batches = train.prefetch_to_device(stream, mesh)
+  p_train, _ = train.pmapped_steps(setup.step_config)
+  results, done = [], 0
+  for step in steps:
+    for batch, _ in itertools.islice(batches, step - done):
+      state, _ = p_train(state, batch)
+    done = step
+    results.append({"step": step, **profile(state, probe, setup.step_config)})
+  report = {"model": config.model, "model_options": dict(config.model_options), "probe_batch": int(probe["label"].size),
+            "layers": results[0]["layers"], "steps": results}  # fmt: skip
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "gradflow.json").write_text(json.dumps(report, indent=1))
+  plot(report, workdir / "gradflow.png")
+  return report
+
+
+def plot(report: dict, path):
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for result in report["steps"]:
+    depths = [l["depth"] for l in result["layers"]]
+    norms = np.maximum([l["grad_norm"] for l in result["layers"]], 1e-45)  # a vanished gradient still shows
+    ax.semilogy(depths, norms, "o-", markersize=3, label=f"step {result['step']}")
+  options = ", ".join(f"{k}={v}" for k, v in report["model_options"].items())
+  ax.set(xlabel="depth (weighted layer, input to output)", ylabel="gradient norm", title=f"{report['model']} {options}")
+  ax.grid(alpha=0.3, which="both")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(str(path), dpi=100)
+  plt.close(fig)
+
+
+def main(argv):
+  del argv
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  if not FLAGS.workdir:
+    raise app.UsageError("--workdir is required")
+  try:
+    report = run(FLAGS.config, FLAGS.workdir, [int(s) for s in FLAGS.steps])
+  except (ValueError, data.DatasetError) as e:
+    raise SystemExit(f"error: {e}") from None
+  for result in report["steps"]:
+    first, last = result["layers"][0], result["layers"][-2 if len(result["layers"]) > 1 else -1]
+    print(f"step {result['step']}: first layer {first['name']} |grad| {first['grad_norm']:.3g}, "
+          f"last hidden layer {last['name']} |grad| {last['grad_norm']:.3g}")  # fmt: skip
+  print(f"wrote {FLAGS.workdir}/gradflow.json and gradflow.png")
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,74 @@
+"""Gradient flow: the lecture's 0.01^n argument as properties, and `python -m cnnjax.gradflow` end to end."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from cnnjax import complexity, gradflow, models
+from test_train import load_config
+
+
+@settings(deadline=None, max_examples=30)
+@given(st.integers(1, 30), st.floats(-3, 3), st.floats(0.1, 2.0))
+def test_a_chain_of_sigmoids_has_a_gradient_below_a_quarter_to_the_n(n, x, w):
+  # d/dx of sigma(w sigma(w ... sigma(x))): each factor is w * sigma' <= w / 4
+  def chain(x):
+    for _ in range(n):
+      x = jax.nn.sigmoid(w * x)
+    return x
+
+  assert abs(float(jax.grad(chain)(jnp.float32(x)))) <= (w / 4) ** n * (1 + 1e-4)
+
+
+@settings(deadline=None, max_examples=30)
+@given(st.integers(1, 30), st.floats(-3, 3))
+def test_identity_shortcuts_remove_the_bound(n, x):
+  # x + sigma(x) per unit: each factor is 1 + sigma' >= 1, so the gradient never shrinks
+  def chain(x):
+    for _ in range(n):
+      x = x + jax.nn.sigmoid(x)
+    return x
+
+  assert float(jax.grad(chain)(jnp.float32(x))) >= 1.0
+
+
+def test_preactivation_resnet20_has_the_same_parameters():
+  # moving BatchNorm before each conv: -32 (stem) -32 -64 (first blocks of stages 2 and 3) +128 (final norm)
+  assert complexity.count_params(models.create("resnet20", preactivation=True), (32, 32, 3)) == 269_722
+  # option B without the projections' BatchNorm (BN(32) + BN(64)): 272,474 - 192
+  assert complexity.count_params(models.create("resnet20", preactivation=True, shortcut="B"), (32, 32, 3)) == 272_282
+
+
+def test_preactivation_with_zero_init_is_refused():
+  with pytest.raises(ValueError, match="post-activation"):
+    complexity.count_params(models.create("resnet20", preactivation=True, zero_init_residual=True), (32, 32, 3))
+
+
+def _gradflow(tfds_dir, tmp_path, depth, *, steps=(0,), **options):
+  config = load_config("cifar_resnet", f"{depth},local", data_dir=tfds_dir, batch_size=32)
+  config.model_options.update(options)
+  return gradflow.run(config, str(tmp_path), list(steps))
+
+
+def test_sigmoid_plain_net_loses_its_gradient_and_preactivation_keeps_it(tfds_dir, tmp_path):
+  plain = _gradflow(tfds_dir, tmp_path / "plain", "14,plain", activation="sigmoid", norm="none")
+  layers = plain["layers"]
+  assert [l["depth"] for l in layers] == list(range(1, 15)) and layers[-1]["name"] == "fc"
+  assert layers[0]["grad_norm"] < 1e-4 * layers[-2]["grad_norm"]  # geometric decay over 13 sigmoid layers
+  pre = _gradflow(tfds_dir, tmp_path / "pre", "14", activation="sigmoid", norm="none", preactivation=True)
+  assert pre["layers"][0]["grad_norm"] > 1e-2 * pre["layers"][-2]["grad_norm"]
+  report = json.loads((tmp_path / "pre" / "gradflow.json").read_text())
+  assert report["layers"] == pre["layers"] and (tmp_path / "pre" / "gradflow.png").exists()
+
+
+def test_measures_at_each_requested_step(tfds_dir, tmp_path):
+  report = _gradflow(tfds_dir, tmp_path, "8", steps=(0, 3))
+  assert [r["step"] for r in report["steps"]] == [0, 3]
+  assert report["steps"][0]["layers"] == report["layers"]
+  before, after = (np.array([l["grad_norm"] for l in r["layers"]]) for r in report["steps"])
+  assert np.all(np.isfinite(after)) and not np.allclose(before, after)
+  names = [a["name"] for a in report["steps"][0]["activations"]]
+  assert names[0] == "conv1" and "pre_logits" in names
