@@ -79,7 +79,7 @@ class SparseConv(nn.Module):
 
   Maps with the same fan-in share one kernel tensor; each map is its own small convolution over just
   its inputs, so parameters and multiply-adds are exactly those of the connections that exist. (One
-  grouped convolution would say the same, but XLA runs it a hundred times slower on CPU here.)
+  grouped convolution would say the same, but XLA:CPU runs it 14 times slower here: 305 vs 22 ms per step.)
   """
 
   connections: tuple[tuple[int, ...], ...]
