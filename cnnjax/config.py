@@ -4,10 +4,15 @@ Config files (configs/*.py) start from `base()` and set what their paper prescri
 overridden on the command line (`--config.learning_rate=0.05`). Unknown fields and values of the wrong
 type are refused by ml_collections before anything runs.
 """
+import importlib.util
+import pathlib
 import sys
 
 import ml_collections
 from absl import flags
+
+# The repository's configs/ folder (cnnjax is installed editable from the repository, as README says).
+CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
 
 def base() -> ml_collections.ConfigDict:
@@ -49,6 +54,14 @@ def base() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 0  # 0: at every evaluation
   c.keep_checkpoints = 3
   return c
+
+
+def load(name: str, arg: str = "") -> ml_collections.ConfigDict:
+  """configs/NAME.py's get_config(arg), as `--config=configs/NAME.py:ARG` gives it, unlocked."""
+  spec = importlib.util.spec_from_file_location(f"configs.{name}", CONFIGS / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
 
 
 def local(c: ml_collections.ConfigDict, image_size: int = 32, batch_size: int = 64, num_epochs: float = 10,

@@ -1,23 +1,16 @@
 """The train step, schedules and the loop, on 8 simulated CPU devices and the bundled digits dataset."""
-import importlib.util
 import itertools
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnnjax import checkpoint, data, train
-
-CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
+from cnnjax import checkpoint, config as config_lib, data, train
 
 
 def load_config(name: str, arg: str = "", **overrides):
-  spec = importlib.util.spec_from_file_location(name, CONFIGS / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg) if arg else module.get_config()
+  config = config_lib.load(name, arg)
   config.update(overrides)
   return config
 
