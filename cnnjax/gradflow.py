@@ -23,9 +23,6 @@ from cnnjax import data, train
 from cnnjax.config import parse_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file, as for cnnjax.main.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Where gradflow.json and gradflow.png go.")
-flags.DEFINE_list("steps", ["0"], "Training steps at which to measure (0: at initialisation).")
 
 
 def weighted_layers(tree) -> list[tuple[str, object]]:
@@ -113,6 +110,13 @@ def plot(report: dict, path):
   plt.close(fig)
 
 
+def define_flags():
+  """Defined only when run as a command, so that importing several commands together is safe."""
+  config_flags.DEFINE_config_file("config", None, "Config file, as for cnnjax.main.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Where gradflow.json and gradflow.png go.")
+  flags.DEFINE_list("steps", ["0"], "Training steps at which to measure (0: at initialisation).")
+
+
 def main(argv):
   del argv
   if not FLAGS["verbosity"].present:
@@ -131,4 +135,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main, flags_parser=parse_flags)

@@ -14,16 +14,20 @@ from cnnjax import checkpoint, data, train
 from cnnjax.config import parse_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/lenet5.py or configs/resnet.py:50.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go; rerun with the same workdir to resume. "
-                    "Default: a new folder under ./runs/.")  # fmt: skip
-flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (and evaluate), or evaluate the workdir's latest checkpoint.")
-flags.mark_flags_as_required(["config"])
 
 
 def default_workdir(config_path: str) -> str:
   name = pathlib.Path(config_path.split(":")[0]).stem + (f"-{config_path.split(':', 1)[1]}" if ":" in config_path else "")
   return os.path.join("runs", f"{name.replace(',', '-')}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+
+
+def define_flags():
+  """Defined only when run as a command, so that importing several commands together is safe."""
+  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/lenet5.py or configs/resnet.py:50.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go; rerun with the same workdir to resume. "
+                      "Default: a new folder under ./runs/.")  # fmt: skip
+  flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (and evaluate), or evaluate the workdir's latest checkpoint.")
+  flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
@@ -49,4 +53,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main, flags_parser=parse_flags)

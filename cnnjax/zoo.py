@@ -57,9 +57,6 @@ for _depth, _params in ((18, "11.7M [tv]"), (34, "21.8M [tv]"), (50, "25.6M [tv]
   PAPER[f"resnet{_depth}"] = PAPER[f"resnet{_depth}"]._replace(params=_params)
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("model", None, "Models to show (comma-separated); default: the whole zoo.")
-flags.DEFINE_bool("breakdown", False, "Per-stage parameters and multiply-adds of each --model.")
-flags.DEFINE_enum("format", "table", ["table", "markdown", "csv", "json"], "Output format.")
 
 
 def describe(name: str) -> dict:
@@ -174,6 +171,13 @@ def report(names: list[str], show_breakdown: bool, fmt: str) -> str:
   return "\n\n".join(parts)
 
 
+def define_flags():
+  """Defined only when run as a command, so that importing several commands together is safe."""
+  flags.DEFINE_list("model", None, "Models to show (comma-separated); default: the whole zoo.")
+  flags.DEFINE_bool("breakdown", False, "Per-stage parameters and multiply-adds of each --model.")
+  flags.DEFINE_enum("format", "table", ["table", "markdown", "csv", "json"], "Output format.")
+
+
 def main(argv):
   del argv
   jax.config.update("jax_platforms", "cpu")  # the zoo traces and never runs: leave accelerators alone
@@ -187,4 +191,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

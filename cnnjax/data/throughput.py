@@ -20,11 +20,6 @@ from cnnjax import data
 from cnnjax.data.sources import IMAGENET_STATS, TFDS, ArraySource, Dataset, Spec, _image_folder
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("style", "cifar", ["cifar", "imagenet"], "CIFAR-style arrays in memory, or ImageNet-style JPEG files.")
-flags.DEFINE_integer("batch", 128, "Global batch size.")
-flags.DEFINE_integer("steps", 100, "Batches to time (after 5 of warm-up).")
-flags.DEFINE_integer("workers", 0, "grain worker processes.")
-flags.DEFINE_string("feed", "", "A model to train on the batches (e.g. resnet20, lenet5); empty: the pipeline alone.")
 
 
 def cifar_like(n: int = 50_000) -> Dataset:
@@ -87,6 +82,15 @@ def measure(dataset: Dataset, shape, batch: int, steps: int, workers: int, feed:
   return result
 
 
+def define_flags():
+  """Defined only when run as a command, so that importing several commands together is safe."""
+  flags.DEFINE_enum("style", "cifar", ["cifar", "imagenet"], "CIFAR-style arrays in memory, or ImageNet-style JPEG files.")
+  flags.DEFINE_integer("batch", 128, "Global batch size.")
+  flags.DEFINE_integer("steps", 100, "Batches to time (after 5 of warm-up).")
+  flags.DEFINE_integer("workers", 0, "grain worker processes.")
+  flags.DEFINE_string("feed", "", "A model to train on the batches (e.g. resnet20, lenet5); empty: the pipeline alone.")
+
+
 def main(argv):
   del argv
   with tempfile.TemporaryDirectory() as folder:
@@ -100,4 +104,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

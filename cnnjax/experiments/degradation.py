@@ -1,6 +1,6 @@
 """The degradation problem (He et al. 2015, Fig. 1 and Fig. 6): deeper plain nets train *worse*; ResNets do not.
 
-    python -m cnnjax.experiments.degradation --dataset=digits --depths=20,56     # offline, about 15 min here
+    python -m cnnjax.experiments.degradation --dataset=digits --depths=20,56     # offline, 9 min here
     python -m cnnjax.experiments.degradation --dataset=cifar10 --depths=20,32,44,56   # the paper's recipe
 
 Trains plain-N and ResNet-N for every depth with one recipe (configs/cifar_resnet.py; its `local` variant on
@@ -18,11 +18,6 @@ from cnnjax import config as config_lib
 from cnnjax import data, metrics, train
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("dataset", "digits", ["digits", "cifar10"], "digits: offline, reduced schedule; cifar10: the paper's.")
-flags.DEFINE_list("depths", ["20", "56"], "Depths 6n+2 to train, plain and residual.")
-flags.DEFINE_string("workdir", None, "Default: runs/degradation-DATASET.")
-flags.DEFINE_float("epochs", 0, "Override the recipe's length in epochs (0: keep it).")
-flags.DEFINE_string("data_dir", "", "tfds data directory.")
 
 
 def run_config(depth: int, residual: bool, dataset: str):
@@ -90,6 +85,15 @@ def plot(workdir, rows, dataset):
   plt.close(fig)
 
 
+def define_flags():
+  """Defined only when run as a command, so that importing several commands together is safe."""
+  flags.DEFINE_enum("dataset", "digits", ["digits", "cifar10"], "digits: offline, reduced schedule; cifar10: the paper's.")
+  flags.DEFINE_list("depths", ["20", "56"], "Depths 6n+2 to train, plain and residual.")
+  flags.DEFINE_string("workdir", None, "Default: runs/degradation-DATASET.")
+  flags.DEFINE_float("epochs", 0, "Override the recipe's length in epochs (0: keep it).")
+  flags.DEFINE_string("data_dir", "", "tfds data directory.")
+
+
 def main(argv):
   del argv
   if not FLAGS["verbosity"].present:
@@ -106,4 +110,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
