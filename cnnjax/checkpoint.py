@@ -8,6 +8,7 @@ when complete). Restoring walks back from the newest step: a corrupt one is repo
 """
 import json
 import logging
+import os
 from typing import Callable
 
 import jax
@@ -33,6 +34,8 @@ def _identity(config_dict: dict) -> dict:
 class Checkpointer:
   def __init__(self, workdir: str, config, keep: int = 3, create: bool = True):
     self.workdir = epath.Path(workdir)
+    if not self.workdir.is_absolute():  # Orbax refuses relative paths; `runs/...` is the default workdir
+      self.workdir = epath.Path(os.path.abspath(workdir))
     self.directory = self.workdir / "checkpoints"
     config_file = self.workdir / "config.json"
     ours = json.loads(config.to_json_best_effort())

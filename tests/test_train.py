@@ -144,6 +144,14 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tfds_dir, tmp_path
   ckpt.close()
 
 
+def test_a_relative_workdir_works(tfds_dir, tmp_path, monkeypatch):
+  # the default workdir is runs/NAME-TIME, relative to where the command runs
+  monkeypatch.chdir(tmp_path)
+  config = load_config("lenet5", data_dir=tfds_dir, batch_size=16, num_steps=2, log_every_steps=1, eval_every_steps=1000)
+  assert train.train_and_evaluate(config, "runs/relative")["final_step"] == 2
+  assert (tmp_path / "runs" / "relative" / "checkpoints" / "2" / "state").is_dir()
+
+
 def test_a_workdir_of_another_model_is_refused(tfds_dir, tmp_path):
   config = load_config("lenet5", data_dir=tfds_dir, batch_size=16, num_steps=2, log_every_steps=1, eval_every_steps=1000)
   train.train_and_evaluate(config, str(tmp_path))
