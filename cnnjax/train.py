@@ -7,7 +7,6 @@ evaluation -> Orbax checkpoints of the state and the data iterator's position ->
 """
 import dataclasses
 import functools
-import math
 import signal
 import time
 from typing import Any
@@ -241,7 +240,6 @@ def build(config, dataset: data.Dataset | None = None) -> Run:
   """Dataset (the config's, unless given), model, schedule and optimizer; raises ValueError / DatasetError
   for a bad config."""
   dataset = dataset or data.load(config.dataset, config.data_dir or None)
-  shape = input_shape(config)
   layout = data.Layout(config.batch_size, jax.local_device_count(), jax.process_index(), jax.process_count())
   steps_per_epoch = max(1, len(dataset.train) // config.batch_size)
   model = create_model(config, dataset.num_classes, axis_name=AXIS)
