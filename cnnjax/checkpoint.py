@@ -1,7 +1,7 @@
 """Orbax checkpoints of a run: the train state as one pytree, and the data iterator's position beside it.
 
     workdir/config.json            the config that made the checkpoints (a different model is refused)
-    workdir/checkpoints/<step>/    state (StandardSave) + data (the grain iterator state, JSON)
+    workdir/checkpoints/<step>/    state (an Orbax PyTree of jax.Arrays) + data (the grain iterator state, JSON)
 
 Saves are asynchronous (training goes on while Orbax writes) and atomic (a step directory appears only
 when complete). Restoring walks back from the newest step: a corrupt one is reported and the previous used.
@@ -12,11 +12,23 @@ import os
 from typing import Callable
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
 # The fields that fix the shapes of the parameters: a workdir is only resumed by the same model.
 IDENTITY = ("model", "model_options", "dataset", "image_size", "channels")
+
+
+def _array_handlers() -> ocp.type_handlers.TypeHandlerRegistry:
+  """Orbax's handlers, but jax.Arrays saved by one replica. By default Orbax splits the saving of a replicated
+  array across its devices ("replica-parallel"), compiling a slicing program per array and device: the first
+  save of GoogLeNet on 8 devices took 21.3 s that way here, 0.7 s without."""
+  th = ocp.type_handlers
+  return th.create_type_handler_registry(
+      (int, th.ScalarHandler()), (float, th.ScalarHandler()), (np.number, th.ScalarHandler()),
+      (np.ndarray, th.NumpyHandler()), (jax.Array, th.ArrayHandler(use_replica_parallel=False)),
+  )  # fmt: skip
 
 
 class CheckpointError(RuntimeError):
@@ -53,11 +65,12 @@ class Checkpointer:
       self.workdir.mkdir(parents=True, exist_ok=True)
       config_file.write_text(json.dumps(ours, indent=1, sort_keys=True))
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, enable_async_checkpointing=True)
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    handlers = {"state": ocp.PyTreeCheckpointHandler(type_handler_registry=_array_handlers()), "data": ocp.JsonCheckpointHandler()}
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
   def save(self, step: int, state, data_state: dict):
     # force: the loop decides when to save; Orbax alone would skip a save while the previous one is writing
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state))
+    args = ocp.args.Composite(state=ocp.args.PyTreeSave(state), data=ocp.args.JsonSave(data_state))
     self.manager.save(step, args=args, force=True)
 
   def restore_latest(self, init_fn: Callable, required: bool = False):
@@ -71,11 +84,12 @@ class Checkpointer:
         raise CheckpointError(f"no checkpoint in {self.directory}")
       return init_fn(), None
     abstract = jax.eval_shape(init_fn)
+    state_args = ocp.args.PyTreeRestore(abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))
     errors = []
     for step in steps:
       try:
         restored = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore())
+            step, args=ocp.args.Composite(state=state_args, data=ocp.args.JsonRestore())
         )
       except Exception as e:  # a truncated or corrupt step: report it and fall back to the one before
         errors.append(f"step {step}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")

@@ -9,60 +9,94 @@ statistics of each named intermediate; and W/gradflow.png, gradient norm against
 Gradients are those of the training loss on one fixed probe batch (the first training batch), on one
 device; between the requested steps the model trains with its config's recipe on all local devices.
 """
+import dataclasses
+import functools
 import itertools
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from etils import epath
 from ml_collections import config_flags
 
-from cnnjax import data, train
+from cnnjax import cli, data, train
 from cnnjax.config import parse_flags
 
 FLAGS = flags.FLAGS
 
 
-def weighted_layers(tree) -> list[tuple[str, object]]:
-  """(module path, kernel) of every conv and dense layer, in forward (creation) order."""
+def weighted_layers(tree) -> list[tuple[tuple, str, object]]:
+  """(module path, name, kernel) of every conv and dense layer, in the tree's key order."""
   found = []
 
   def walk(node, path):
     for key, value in node.items():
-      if isinstance(value, dict) or hasattr(value, "items"):
+      if hasattr(value, "items"):
         walk(value, path + (key,))
       elif key.startswith("kernel"):
-        found.append(("/".join(path + (key,) if key != "kernel" else path), value))
+        found.append((path, "/".join(path + (key,) if key != "kernel" else path), value))
 
   walk(tree, ())
   return found
 
 
+def forward_order(model: nn.Module, variables, images) -> list[int]:
+  """The indices of weighted_layers(variables['params']) in the order the layers run.
+
+  Parameter dicts come out of JAX sorted by name (conv2_10 before conv2_2, fc before inception_3a), so the
+  order is recorded from an abstract forward pass: each module's first call.
+  """
+  calls = {}
+
+  def record(next_fun, args, kwargs, context):
+    calls.setdefault(context.module.path, len(calls))
+    return next_fun(*args, **kwargs)
+
+  def forward(variables, images):
+    return model.apply(variables, images, train=True, rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"])
+
+  with nn.intercept_methods(record):
+    jax.eval_shape(forward, variables, images)
+  layers = weighted_layers(variables["params"])
+  return sorted(range(len(layers)), key=lambda i: calls[layers[i][0]])
+
+
+@functools.partial(jax.jit, static_argnames="cfg")
+def _measure(params, batch_stats, images, labels, cfg: train.StepConfig):
+  # the state is rebuilt here: a TrainState argument would carry its apply_fn, a new object each time,
+  # into the jit cache key and recompile every call
+  state = train.TrainState(step=0, apply_fn=cfg.model.apply, params=params, tx=None, opt_state=None, batch_stats=batch_stats)
+  grads, (_, _, _, out) = jax.grad(train.loss_fn, has_aux=True)(
+      params, state, data.normalize(images, cfg.mean, cfg.std), labels, cfg, jax.random.key(cfg.seed)
+  )
+  norms = [jnp.linalg.norm(g.astype(jnp.float32)) for _, _, g in weighted_layers(grads)]
+  stats = {k: (jnp.mean(v), jnp.std(v)) for k, v in out.items() if not k.startswith("aux")}
+  return norms, stats
+
+
 def profile(state: train.TrainState, batch: dict, step_config: train.StepConfig) -> dict:
-  """Per-layer gradient norms and per-intermediate activation statistics for one batch, one device."""
-  cfg = step_config
-
-  @jax.jit
-  def measure(state, images, labels):
-    grads, (_, _, _, out) = jax.grad(train.loss_fn, has_aux=True)(
-        state.params, state, data.normalize(images, cfg.mean, cfg.std), labels, cfg, jax.random.key(cfg.seed)
-    )
-    norms = [jnp.linalg.norm(g.astype(jnp.float32)) for _, g in weighted_layers(grads)]
-    stats = {k: (jnp.mean(v), jnp.std(v)) for k, v in out.items() if not k.startswith("aux")}
-    return norms, stats
-
+  """Per-layer gradient norms of the training objective (in forward order) and per-intermediate activation
+  statistics (by name) for one batch, on one device."""
   images = batch["image"].reshape(-1, *batch["image"].shape[2:])
   labels = batch["label"].reshape(-1)
   # one device, the whole probe batch: BatchNorm needs no cross-device axis here
-  local = cfg.model.clone(axis_name=None) if hasattr(cfg.model, "axis_name") else cfg.model
-  norms, stats = jax.device_get(measure(state.replace(apply_fn=local.apply), images, labels))
-  names = [name for name, _ in weighted_layers(state.params)]
+  cfg = dataclasses.replace(step_config, model=train.unsynchronised(step_config.model))
+  norms, stats = jax.device_get(_measure(state.params, state.batch_stats, images, labels, cfg))
+  names = [name for _, name, _ in weighted_layers(state.params)]
+  order = forward_order(cfg.model, {"params": state.params, "batch_stats": state.batch_stats}, images.astype("float32"))
   return {
-      "layers": [{"name": n, "depth": i + 1, "grad_norm": float(g)} for i, (n, g) in enumerate(zip(names, norms))],
+      "layers": [{"name": names[i], "depth": d + 1, "grad_norm": float(norms[i])} for d, i in enumerate(order)],
       "activations": [{"name": k, "mean": float(m), "std": float(s)} for k, (m, s) in stats.items()],
   }
+
+
+def training_stream(setup: train.Run):
+  """The run's training batches in order; the first is the probe batch every measurement uses."""
+  config = setup.config
+  return iter(data.train_batches(setup.dataset, train.input_shape(config), setup.layout, config.seed, config.augment))
 
 
 def run(config, workdir: str, steps: list[int]) -> dict:
@@ -71,7 +105,7 @@ def run(config, workdir: str, steps: list[int]) -> dict:
   setup = train.build(config)
   mesh = train.device_mesh()
   state = train.replicate(train.initial_state(setup), mesh)
-  stream = iter(data.train_batches(setup.dataset, train.input_shape(config), setup.layout, config.seed, config.augment))
+  stream = training_stream(setup)
   probe = next(stream)
   batches = train.prefetch_to_device(stream, mesh)
   p_train, _ = train.pmapped_steps(setup.step_config)
@@ -119,14 +153,11 @@ def define_flags():
 
 def main(argv):
   del argv
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+  cli.start()
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required")
-  try:
+  with cli.one_line_errors():
     report = run(FLAGS.config, FLAGS.workdir, [int(s) for s in FLAGS.steps])
-  except (ValueError, data.DatasetError) as e:
-    raise SystemExit(f"error: {e}") from None
   for result in report["steps"]:
     first, last = result["layers"][0], result["layers"][-2 if len(result["layers"]) > 1 else -1]
     print(f"step {result['step']}: first layer {first['name']} |grad| {first['grad_norm']:.3g}, "

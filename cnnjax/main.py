@@ -7,10 +7,10 @@ import os
 import pathlib
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from cnnjax import checkpoint, data, train
+from cnnjax import checkpoint, cli, data, train
 from cnnjax.config import parse_flags
 
 FLAGS = flags.FLAGS
@@ -33,8 +33,7 @@ def define_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax and grain log every save and read at INFO
+  cli.start()
   workdir = FLAGS.workdir or default_workdir(FLAGS["config"].config_filename)
   try:
     if FLAGS.mode == "train":
@@ -48,7 +47,7 @@ def main(argv):
   except data.DatasetError as e:
     path, _, arg = FLAGS["config"].config_filename.partition(":")  # name the offline variant of this very config
     sys.exit(f"error: {e}".replace("configs/NAME.py:local", f"{path}:{arg},local" if arg else f"{path}:local"))
-  except (ValueError, train.TrainingDiverged, checkpoint.CheckpointError) as e:
+  except cli.USER_ERRORS as e:
     sys.exit(f"error: {e}")
 
 

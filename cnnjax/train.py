@@ -89,9 +89,14 @@ def total_steps(config, steps_per_epoch: int) -> int:
   return config.num_steps or round(config.num_epochs * steps_per_epoch)
 
 
+def unsynchronised(model: nn.Module) -> nn.Module:
+  """The model with BatchNorm statistics of its own batch only, for use outside the pmapped steps."""
+  return model.clone(axis_name=None) if hasattr(model, "axis_name") else model
+
+
 def create_train_state(model: nn.Module, optimizer, shape, seed: int) -> TrainState:
   """Parameters initialised by one jitted init of the model (its BatchNorm unsynchronised: outside pmap)."""
-  local = model.clone(axis_name=None) if hasattr(model, "axis_name") else model
+  local = unsynchronised(model)
 
   @jax.jit
   def init(key):
@@ -364,12 +369,18 @@ def _log_train(pending, step, run: Run, writer, progress):
   progress.update(step, line)
 
 
+def latest_state(run: Run, workdir: str) -> TrainState:
+  """The state in the latest readable checkpoint of `workdir`; CheckpointError if there is none."""
+  ckpt = checkpoint.Checkpointer(workdir, run.config, keep=run.config.keep_checkpoints, create=False)
+  try:
+    return ckpt.restore_latest(functools.partial(initial_state, run), required=True)[0]
+  finally:
+    ckpt.close()
+
+
 def evaluate(config, workdir: str) -> dict:
   """Evaluate the latest checkpoint of `workdir` on the full test split."""
   run = build(config)
-  ckpt = checkpoint.Checkpointer(workdir, config, keep=config.keep_checkpoints, create=False)
-  state, _ = ckpt.restore_latest(functools.partial(initial_state, run), required=True)
+  state = latest_state(run, workdir)
   _, p_eval = pmapped_steps(run.step_config)
-  result = {"step": int(state.step), **evaluate_state(p_eval, replicate(state, device_mesh()), run)}
-  ckpt.close()
-  return result
+  return {"step": int(state.step), **evaluate_state(p_eval, replicate(state, device_mesh()), run)}

@@ -77,9 +77,9 @@ def describe(name: str) -> dict:
   }
 
 
-def breakdown(name: str) -> list[dict]:
-  """Per-stage rows of `name` at its paper input: parameters, MACs and their shares of the whole."""
-  cost = complexity.cost(models.create(name), models.input_shape(name))
+def breakdown(name: str, **options) -> list[dict]:
+  """Per-stage rows of `name` (built with `options`) at its paper input: parameters, MACs and their shares."""
+  cost = complexity.cost(models.create(name, **options), models.input_shape(name))
   return [
       {"stage": stage, "params": p, "macs": m, "params_share": p / cost.params, "macs_share": m / cost.macs}
       for stage, (p, m) in cost.by_stage().items()

@@ -1,17 +1,65 @@
 """The lecture's experiment commands end to end at a tiny size (shallow nets, a few steps)."""
 import json
 
-from cnnjax.experiments import degradation
+import jax
+import pytest
+
+from cnnjax import train
+from cnnjax.experiments import auxiliary, cost, degradation
 
 
 def test_degradation_trains_every_net_once_and_writes_its_figure_and_table(tfds_dir, tmp_path, capsys):
-  tiny = dict(data_dir=tfds_dir, num_steps=3, log_every_steps=1, eval_every_steps=3, batch_size=32)
+  tiny = {"data_dir": tfds_dir, "num_steps": 3, "log_every_steps": 1, "eval_every_steps": 3, "batch_size": 32}
   rows = degradation.run("digits", [8, 14], str(tmp_path), **tiny)
-  assert [r["net"] for r in rows] == ["plain8", "plain14", "resnet8", "resnet14"]
+  assert [r["run"] for r in rows] == ["plain8-s0", "plain14-s0", "resnet8-s0", "resnet14-s0"]
   assert all(r["step"] == 3 and 0 <= r["train_error"] <= 100 and 0 <= r["test_error"] <= 100 for r in rows)
   assert json.loads((tmp_path / "degradation.json").read_text()) == rows
-  assert (tmp_path / "degradation.csv").read_text().splitlines()[0] == "net,depth,residual,step,train_error,test_error"
+  assert (tmp_path / "degradation.csv").read_text().splitlines()[0] == "run,net,depth,residual,seed,step,train_error,test_error"
   assert (tmp_path / "degradation.png").read_bytes()[:4] == b"\x89PNG"
   capsys.readouterr()
   assert degradation.run("digits", [8, 14], str(tmp_path), **tiny) == rows  # rerun: nothing retrained
   assert capsys.readouterr().out.count("finished already") == 4
+
+
+def test_cost_reproduces_the_papers_figures_and_writes_its_figures(tmp_path):
+  tables = cost.run(str(tmp_path))
+  totals = {r["model"]: r["macs"] for r in tables["fig3"]}
+  # ResNet paper, Fig. 3 and section 3.3: VGG-19 19.6 billion multiply-adds, the 34-layer plain net 3.6 billion,
+  # and identity shortcuts (option A) add nothing to it
+  assert round(totals["vgg19"] / 1e9, 1) == 19.6 and round(totals["plain34"] / 1e9, 1) == 3.6
+  assert totals["resnet34-A"] == totals["plain34"] < totals["resnet34-B"]
+  assert all(sum(s["macs"] for s in r["stages"]) == r["macs"] for r in tables["fig3"])
+  inception = {r["module"]: r for r in tables["inception"]}
+  assert list(inception) == ["3a", "3b", "4a", "4b", "4c", "4d", "4e", "5a", "5b"]
+  # 3a naive on 28x28x192: 1x1x64, 3x3x128, 5x5x32 convs on all 192 channels (the pool branch has no conv)
+  assert inception["3a"]["naive_macs"] == 28 * 28 * 192 * (64 + 9 * 128 + 25 * 32)
+  ilsvrc = {(r["year"], r["model"]): r for r in tables["ilsvrc"]}
+  assert ilsvrc[2012, "alexnet"]["top5_error"] == 15.3 and ilsvrc[2012, "alexnet"]["depth"] == 8
+  assert ilsvrc[2014, "googlenet"]["depth"] == 22 and ilsvrc[2015, "resnet152"]["depth"] == 152
+  assert json.loads((tmp_path / "cost.json").read_text()) == tables
+  for name in ("fig3", "inception", "ilsvrc"):
+    assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+  assert "| vgg19 | 19,632,062,464 | 5.39x |" in cost.markdown(tables)
+
+
+def test_auxiliary_heads_add_gradient_to_the_lower_layers(tfds_dir, tmp_path):
+  tiny = {"data_dir": tfds_dir, "num_steps": 2, "log_every_steps": 1, "eval_every_steps": 2, "batch_size": 16}
+  results = {r["run"]: r for r in auxiliary.run(str(tmp_path), **tiny)}
+  assert list(results) == ["with_aux-s0", "without_aux-s0"]
+  with_aux, without = results["with_aux-s0"], results["without_aux-s0"]
+  stages = [p["stage"] for p in with_aux["gradients_at_init"]]
+  assert stages[:3] == ["conv1", "conv2_reduce", "conv2"] and stages[-1] == "fc" and "aux_4a" not in stages
+  at_init = {p["stage"]: (p["grad_norm"], q["grad_norm"]) for p, q in zip(with_aux["gradients_at_init"], without["gradients_at_init"])}
+  # same parameters on the main path, so above the heads (4e on) the gradients agree; below, the heads add theirs
+  for stage in ("inception_4e", "inception_5a", "inception_5b", "fc"):
+    assert at_init[stage][0] == pytest.approx(at_init[stage][1], rel=1e-4)
+  for stage in auxiliary.LOWER_STAGES + ("inception_4a",):
+    assert at_init[stage][0] > 1.05 * at_init[stage][1]
+  assert all(r["step"] == 2 for r in results.values())
+  config = auxiliary.run_config(aux_heads=True)
+  config.update(tiny)
+  setup = train.build(config)
+  before, after = train.initial_state(setup).params, train.latest_state(setup, str(tmp_path / "with_aux-s0")).params
+  assert "aux_4a" in after and all(jax.tree.leaves(jax.tree.map(lambda a, b: bool((a != b).any()), before, after)))
+  assert (tmp_path / "auxiliary.png").read_bytes()[:4] == b"\x89PNG"
+  assert (tmp_path / "auxiliary.csv").read_text().splitlines()[0].startswith("run,aux_heads,seed,step,train_error,test_error")

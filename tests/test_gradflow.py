@@ -64,6 +64,18 @@ def test_sigmoid_plain_net_loses_its_gradient_and_preactivation_keeps_it(tfds_di
   assert report["layers"] == pre["layers"] and (tmp_path / "pre" / "gradflow.png").exists()
 
 
+def test_layers_come_in_the_order_they_run_not_in_name_order():
+  # JAX hands parameter dicts back sorted by name: conv2_10 before conv2_2, GoogLeNet's fc before inception_3a
+  for name, shape, before, after in [("cifar_resnet62", (16, 16, 3), "conv2_2/conv1/conv", "conv2_10/conv1/conv"),
+                                     ("googlenet", (32, 32, 3), "conv2_reduce/conv", "conv2/conv")]:  # fmt: skip
+    model = models.create(name, num_classes=10)
+    images = jnp.zeros((1, *shape))
+    variables = jax.eval_shape(lambda m=model, x=images: m.init({"params": jax.random.key(0)}, x, train=True))
+    layers = gradflow.weighted_layers(variables["params"])
+    names = [layers[i][1] for i in gradflow.forward_order(model, variables, images)]
+    assert names[0] == "conv1/conv" and names[-1] == "fc" and names.index(before) < names.index(after)
+
+
 def test_measures_at_each_requested_step(tfds_dir, tmp_path):
   report = _gradflow(tfds_dir, tmp_path, "8", steps=(0, 3))
   assert [r["step"] for r in report["steps"]] == [0, 3]

@@ -1,28 +1,32 @@
 """The degradation problem (He et al. 2015, Fig. 1 and Fig. 6): deeper plain nets train *worse*; ResNets do not.
 
     python -m cnnjax.experiments.degradation --dataset=digits --depths=20,56     # offline, 9 min here
+    python -m cnnjax.experiments.degradation --dataset=digits --depths=20,32,44,56 --seeds=0,1,2
     python -m cnnjax.experiments.degradation --dataset=cifar10 --depths=20,32,44,56   # the paper's recipe
 
-Trains plain-N and ResNet-N for every depth with one recipe (configs/cifar_resnet.py; its `local` variant on
-digits), each in WORKDIR/plainN or WORKDIR/resnetN: rerunning skips finished runs and resumes unfinished
-ones from their checkpoints. Writes WORKDIR/degradation.png (training error bold, test error thin, against
-iterations, one panel per family, in the paper's style) and degradation.json / .csv (final errors).
+Trains plain-N and ResNet-N for every depth and seed with one recipe (configs/cifar_resnet.py; its `local`
+variant on digits), each in WORKDIR/plainN-sS or WORKDIR/resnetN-sS: rerunning skips finished runs and
+resumes unfinished ones from their checkpoints. Writes WORKDIR/degradation.png (training error bold, test
+error thin, against iterations, one panel per family, in the paper's style; one line per seed) and
+degradation.json / .csv (final errors of every run).
 """
 import csv
 import json
 
-from absl import app, flags, logging
+from absl import app, flags
 from etils import epath
 
 from cnnjax import config as config_lib
-from cnnjax import data, metrics, train
+from cnnjax import cli, metrics, train
 
 FLAGS = flags.FLAGS
 
 
-def run_config(depth: int, residual: bool, dataset: str):
+def run_config(depth: int, residual: bool, dataset: str, seed: int = 0):
   arg = f"{depth}" + ("" if residual else ",plain") + (",local" if dataset == "digits" else "")
-  return config_lib.load("cifar_resnet", arg)
+  config = config_lib.load("cifar_resnet", arg)
+  config.seed = seed  # initialisation, data order, augmentation
+  return config
 
 
 def final_errors(workdir) -> dict:
@@ -34,23 +38,27 @@ def final_errors(workdir) -> dict:
           "test_error": 100 * (1 - last_eval["eval_accuracy"])}  # fmt: skip
 
 
-def run(dataset: str, depths: list[int], workdir: str, epochs: float = 0, data_dir: str = "", **overrides) -> list[dict]:
+def run(dataset: str, depths: list[int], workdir: str, epochs: float = 0, data_dir: str = "", seeds=(0,),
+        **overrides) -> list[dict]:  # fmt: skip
   """Train (or skip, or resume) every net; write the figure and the tables; return the table's rows."""
   workdir = epath.Path(workdir)
   rows = []
   for residual in (False, True):
     for depth in depths:
-      name = f"{'resnet' if residual else 'plain'}{depth}"
-      config = run_config(depth, residual, dataset)
-      config.data_dir = data_dir
-      if epochs:
-        config.num_epochs, config.num_steps = epochs, 0
-      config.update(overrides)
-      if (workdir / name / "summary.json").exists():
-        print(f"{name}: finished already in {workdir / name}", flush=True)
-      else:
-        train.train_and_evaluate(config, str(workdir / name))
-      rows.append({"net": name, "depth": depth, "residual": residual, **final_errors(workdir / name)})
+      for seed in seeds:
+        net = f"{'resnet' if residual else 'plain'}{depth}"
+        name = f"{net}-s{seed}"
+        config = run_config(depth, residual, dataset, seed)
+        config.data_dir = data_dir
+        if epochs:
+          config.num_epochs, config.num_steps = epochs, 0
+        config.update(overrides)
+        if (workdir / name / "summary.json").exists():
+          print(f"{name}: finished already in {workdir / name}", flush=True)
+        else:
+          train.train_and_evaluate(config, str(workdir / name))
+        rows.append({"run": name, "net": net, "depth": depth, "residual": residual, "seed": seed,
+                     **final_errors(workdir / name)})  # fmt: skip
   (workdir / "degradation.json").write_text(json.dumps(rows, indent=1))
   with (workdir / "degradation.csv").open("w") as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -58,6 +66,20 @@ def run(dataset: str, depths: list[int], workdir: str, epochs: float = 0, data_d
     writer.writerows(rows)
   plot(workdir, rows, dataset)
   return rows
+
+
+def summary_table(rows: list[dict]) -> str:
+  """Markdown: each net's final training and test error, the mean over seeds and, with several, the range."""
+  lines = ["| net | seeds | training error (%) | test error (%) |", "|---|---|---|---|"]
+  for net in dict.fromkeys(r["net"] for r in rows):
+    runs = [r for r in rows if r["net"] == net]
+    cells = []
+    for key in ("train_error", "test_error"):
+      values = [r[key] for r in runs]
+      mean = sum(values) / len(values)
+      cells.append(f"{mean:.1f}" + (f" ({min(values):.1f}-{max(values):.1f})" if len(values) > 1 else ""))
+    lines.append(f"| {net} | {len(runs)} | {cells[0]} | {cells[1]} |")
+  return "\n".join(lines)
 
 
 def plot(workdir, rows, dataset):
@@ -68,15 +90,17 @@ def plot(workdir, rows, dataset):
 
   fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
   for ax, residual in zip(axes, (False, True)):
-    for i, row in enumerate(r for r in rows if r["residual"] == residual):
-      lines = metrics.read_metrics(workdir / row["net"] / "metrics.jsonl")
+    family = [r for r in rows if r["residual"] == residual]
+    nets = list(dict.fromkeys(r["net"] for r in family))
+    for row in family:
+      lines = metrics.read_metrics(workdir / row["run"] / "metrics.jsonl")
       train_lines = [l for l in lines if "train_accuracy" in l]
       test_lines = [l for l in lines if "eval_accuracy" in l]
-      color = f"C{i}"
+      color, first_seed = f"C{nets.index(row['net'])}", row is next(r for r in family if r["net"] == row["net"])
       ax.plot([l["step"] for l in train_lines], [100 * (1 - l["train_accuracy"]) for l in train_lines], color=color,
-              linewidth=2.2, label=f"{row['net']} train")  # fmt: skip
+              linewidth=2.2, label=f"{row['net']} train" if first_seed else None)  # fmt: skip
       ax.plot([l["step"] for l in test_lines], [100 * (1 - l["eval_accuracy"]) for l in test_lines], color=color,
-              linewidth=0.9, linestyle="--", label=f"{row['net']} test")  # fmt: skip
+              linewidth=0.9, linestyle="--", label=f"{row['net']} test" if first_seed else None)  # fmt: skip
     ax.set(title=f"{'ResNet' if residual else 'plain'} on {dataset}", xlabel="iterations", ylabel="error (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -90,22 +114,19 @@ def define_flags():
   flags.DEFINE_enum("dataset", "digits", ["digits", "cifar10"], "digits: offline, reduced schedule; cifar10: the paper's.")
   flags.DEFINE_list("depths", ["20", "56"], "Depths 6n+2 to train, plain and residual.")
   flags.DEFINE_string("workdir", None, "Default: runs/degradation-DATASET.")
+  flags.DEFINE_list("seeds", ["0"], "Seeds to train each net with (initialisation, data order, augmentation).")
   flags.DEFINE_float("epochs", 0, "Override the recipe's length in epochs (0: keep it).")
   flags.DEFINE_string("data_dir", "", "tfds data directory.")
 
 
 def main(argv):
   del argv
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+  cli.start()
   workdir = FLAGS.workdir or f"runs/degradation-{FLAGS.dataset}"
-  try:
-    rows = run(FLAGS.dataset, [int(d) for d in FLAGS.depths], workdir, FLAGS.epochs, FLAGS.data_dir)
-  except (ValueError, data.DatasetError, train.TrainingDiverged) as e:
-    raise SystemExit(f"error: {e}") from None
-  print("\n| net | train error (%) | test error (%) |\n|---|---|---|")
-  for row in rows:
-    print(f"| {row['net']} | {row['train_error']:.1f} | {row['test_error']:.1f} |")
+  with cli.one_line_errors():
+    rows = run(FLAGS.dataset, [int(d) for d in FLAGS.depths], workdir, FLAGS.epochs, FLAGS.data_dir,
+               [int(s) for s in FLAGS.seeds])  # fmt: skip
+  print(summary_table(rows))
   print(f"\nwrote {workdir}/degradation.png, degradation.json, degradation.csv")
 
 

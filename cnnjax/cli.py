@@ -1,0 +1,36 @@
+"""What every training command shares: quiet logs, a persistent compilation cache, errors as one line."""
+import contextlib
+import os
+import sys
+
+import jax
+from absl import flags, logging
+
+from cnnjax import checkpoint, data, train
+
+# What a user can cause (a bad config or name, a missing dataset, a diverging run, a foreign workdir):
+# reported as one line and a non-zero exit, never a traceback.
+USER_ERRORS = (ValueError, data.DatasetError, train.TrainingDiverged, checkpoint.CheckpointError)
+
+
+def default_cache_dir() -> str:
+  return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "cnnjax", "jax")
+
+
+def start():
+  """Call first in a command's main: quiet absl/Orbax/grain INFO logs unless --verbosity is given, and keep
+  compiled programs on disk (JAX_COMPILATION_CACHE_DIR, else a per-user cache directory) so a rerun or a
+  resume of the same config skips XLA compilation."""
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", default_cache_dir())
+
+
+@contextlib.contextmanager
+def one_line_errors():
+  """USER_ERRORS inside become `error: MESSAGE` on stderr and exit status 1."""
+  try:
+    yield
+  except USER_ERRORS as e:
+    sys.exit(f"error: {e}")

@@ -1,0 +1,155 @@
+"""GoogLeNet's auxiliary classifiers (Szegedy et al. 2014, section 5): "why output prediction from lower layers?"
+
+    python -m cnnjax.experiments.auxiliary --workdir=runs/auxiliary-digits           # offline on digits
+    python -m cnnjax.experiments.auxiliary --seeds=0,1,2 --workdir=runs/auxiliary-digits
+
+Trains GoogLeNet (configs/googlenet.py:local: digits at 32x32, LRN, the paper's layers) twice per seed with
+one recipe and budget, with its two auxiliary heads on 4a and 4d (losses weighted 0.3) and without, in
+WORKDIR/with_aux-sS and WORKDIR/without_aux-sS (rerunning skips finished runs, resumes unfinished ones).
+Then, on one fixed probe batch, at initialisation and at the end of training, it measures the gradient norm
+of the training objective (the main loss, plus 0.3 x the auxiliary losses where the heads exist) reaching
+each stage of the main path (conv1 ... inception_5b, fc). Both nets start from the same parameters on their
+shared layers, so at initialisation the difference below 4d is exactly what the heads inject.
+Writes WORKDIR/auxiliary.json (per run: final errors and both gradient profiles), auxiliary.csv (one line
+per run) and auxiliary.png (gradient norm per stage at initialisation and at the end; test error against
+iterations).
+"""
+import csv
+import json
+
+import numpy as np
+from absl import app, flags
+from etils import epath
+
+from cnnjax import config as config_lib
+from cnnjax import cli, gradflow, metrics, train
+from cnnjax.experiments.degradation import final_errors
+
+FLAGS = flags.FLAGS
+LOWER_STAGES = ("conv1", "conv2_reduce", "conv2", "inception_3a", "inception_3b")
+
+
+def run_config(aux_heads: bool, seed: int = 0):
+  config = config_lib.load("googlenet", "local")
+  config.model_options.aux_heads = aux_heads
+  config.seed = seed
+  return config
+
+
+def stage_norms(layers: list[dict]) -> dict:
+  """Gradient norm per stage of the main path: the root of the sum of its layers' squared norms."""
+  squares = {}
+  for layer in layers:
+    stage = layer["name"].split("/")[0]
+    if not stage.startswith("aux_"):
+      squares[stage] = squares.get(stage, 0.0) + layer["grad_norm"] ** 2
+  return {stage: float(np.sqrt(s)) for stage, s in squares.items()}
+
+
+def gradient_profile(state, probe, setup: train.Run) -> list[dict]:
+  """[{stage, grad_norm}] in forward order: the training objective's gradient reaching each stage."""
+  norms = stage_norms(gradflow.profile(state, probe, setup.step_config)["layers"])
+  return [{"stage": stage, "grad_norm": norm} for stage, norm in norms.items()]
+
+
+def run(workdir: str, seeds=(0,), data_dir: str = "", **overrides) -> list[dict]:
+  """Train (or skip, or resume) both variants per seed, measure their gradients, write the outputs."""
+  workdir = epath.Path(workdir)
+  results = []
+  for aux_heads in (True, False):
+    for seed in seeds:
+      name = f"{'with' if aux_heads else 'without'}_aux-s{seed}"
+      config = run_config(aux_heads, seed)
+      config.data_dir = data_dir
+      config.update(overrides)
+      if (workdir / name / "summary.json").exists():
+        print(f"{name}: finished already in {workdir / name}", flush=True)
+      else:
+        train.train_and_evaluate(config, str(workdir / name))
+      setup = train.build(config)
+      probe = next(gradflow.training_stream(setup))
+      results.append({
+          "run": name, "aux_heads": aux_heads, "seed": seed, **final_errors(workdir / name),
+          "gradients_at_init": gradient_profile(train.initial_state(setup), probe, setup),
+          "gradients_at_end": gradient_profile(train.latest_state(setup, str(workdir / name)), probe, setup),
+      })  # fmt: skip
+  (workdir / "auxiliary.json").write_text(json.dumps(results, indent=1))
+  rows = [csv_row(r) for r in results]
+  with (workdir / "auxiliary.csv").open("w") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  plot(workdir, results)
+  return results
+
+
+def lower_norm(profile: list[dict]) -> float:
+  """The gradient norm over all of LOWER_STAGES together."""
+  return float(np.sqrt(sum(p["grad_norm"] ** 2 for p in profile if p["stage"] in LOWER_STAGES)))
+
+
+def csv_row(result: dict) -> dict:
+  row = {k: result[k] for k in ("run", "aux_heads", "seed", "step", "train_error", "test_error")}
+  row["lower_grad_init"] = lower_norm(result["gradients_at_init"])
+  row["lower_grad_end"] = lower_norm(result["gradients_at_end"])
+  return row
+
+
+def plot(workdir, results: list[dict]):
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+  for ax, when in zip(axes[:2], ("init", "end")):
+    for r in results:
+      profile = r[f"gradients_at_{when}"]
+      color = "C0" if r["aux_heads"] else "C3"
+      label = r["run"] if r["seed"] == results[0]["seed"] else None
+      ax.semilogy(range(len(profile)), [p["grad_norm"] for p in profile], "o-", color=color, markersize=3, label=label)
+    stages = [p["stage"].replace("inception_", "") for p in results[0][f"gradients_at_{when}"]]
+    ax.set_xticks(range(len(stages)), stages, rotation=60, fontsize=7)
+    ax.set(ylabel="gradient norm", title=f"gradient reaching each stage, {'at initialisation' if when == 'init' else 'after training'}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+  for r in results:
+    lines = [l for l in metrics.read_metrics(workdir / r["run"] / "metrics.jsonl") if "eval_accuracy" in l]
+    axes[2].plot([l["step"] for l in lines], [100 * (1 - l["eval_accuracy"]) for l in lines],
+                 color="C0" if r["aux_heads"] else "C3", label=r["run"])  # fmt: skip
+  axes[2].set(xlabel="iterations", ylabel="test error (%)", title="test error", yscale="log")
+  axes[2].grid(alpha=0.3, which="both")
+  axes[2].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(str(workdir / "auxiliary.png"), dpi=100)
+  plt.close(fig)
+
+
+def summary_table(results: list[dict]) -> str:
+  lines = ["| run | training error (%) | test error (%) | lower layers' gradient at init | at end |",
+           "|---|---|---|---|---|"]  # fmt: skip
+  for r in map(csv_row, results):
+    lines.append(f"| {r['run']} | {r['train_error']:.1f} | {r['test_error']:.1f} | {r['lower_grad_init']:.3g} "
+                 f"| {r['lower_grad_end']:.3g} |")  # fmt: skip
+  return "\n".join(lines)
+
+
+def define_flags():
+  """Defined only when run as a command, so that importing several commands together is safe."""
+  flags.DEFINE_string("workdir", "runs/auxiliary-digits", "Where the runs, the figure and the tables go.")
+  flags.DEFINE_list("seeds", ["0"], "Seeds to train each variant with.")
+  flags.DEFINE_string("data_dir", "", "tfds data directory.")
+
+
+def main(argv):
+  del argv
+  cli.start()
+  with cli.one_line_errors():
+    results = run(FLAGS.workdir, [int(s) for s in FLAGS.seeds], FLAGS.data_dir)
+  print(summary_table(results))
+  print(f"\nwrote {FLAGS.workdir}/auxiliary.png, auxiliary.json, auxiliary.csv")
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
