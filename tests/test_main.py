@@ -115,3 +115,13 @@ def test_bad_input_exits_with_one_clear_message(args, message, tmp_path):
   assert result.returncode == 1
   assert message in result.stderr and "Traceback" not in result.stderr
   assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_commands_keep_compiled_programs_in_a_per_user_cache_unless_told_where(tmp_path):
+  code = "import jax; from cnnjax import cli; cli.start(); print(jax.config.jax_compilation_cache_dir)"
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"} | {"XDG_CACHE_HOME": str(tmp_path)}
+  chosen = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+  assert chosen.strip() == str(tmp_path / "cnnjax" / "jax")
+  env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "mine")
+  chosen = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+  assert chosen.strip() == str(tmp_path / "mine")
