@@ -8,16 +8,25 @@ from cnnjax import train
 from cnnjax.experiments import auxiliary, cost, degradation
 
 
-def test_degradation_trains_every_net_once_and_writes_its_figure_and_table(tfds_dir, tmp_path, capsys):
-  tiny = {"data_dir": tfds_dir, "num_steps": 3, "log_every_steps": 1, "eval_every_steps": 3, "batch_size": 32}
-  rows = degradation.run("digits", [8, 14], str(tmp_path), **tiny)
+def test_degradation_uses_the_papers_recipe_on_cifar10_and_a_short_one_offline():
+  paper = degradation.run_config(56, residual=False, dataset="cifar10", seed=2)
+  assert (paper.model, paper.dataset, paper.batch_size, paper.learning_rate) == ("cifar_plain56", "cifar10", 128, 0.1)
+  assert (paper.num_steps, tuple(paper.lr_decay_steps), paper.weight_decay, paper.seed) == (64_000, (32_000, 48_000), 1e-4, 2)
+  offline = degradation.run_config(20, residual=True, dataset="digits")
+  assert (offline.model, offline.dataset, offline.image_size) == ("cifar_resnet20", "digits", 16)
+
+
+def test_degradation_trains_every_net_once_and_writes_its_figure_and_table(local_cifar10, tmp_path, capsys):
+  # the paper's path (cifar10 through tfds), on the 24-image CIFAR-10 written in tfds's format for the tests
+  tiny = {"data_dir": local_cifar10, "num_steps": 3, "log_every_steps": 1, "eval_every_steps": 3, "batch_size": 8}
+  rows = degradation.run("cifar10", [8, 14], str(tmp_path), **tiny)
   assert [r["run"] for r in rows] == ["plain8-s0", "plain14-s0", "resnet8-s0", "resnet14-s0"]
   assert all(r["step"] == 3 and 0 <= r["train_error"] <= 100 and 0 <= r["test_error"] <= 100 for r in rows)
   assert json.loads((tmp_path / "degradation.json").read_text()) == rows
   assert (tmp_path / "degradation.csv").read_text().splitlines()[0] == "run,net,depth,residual,seed,step,train_error,test_error"
   assert (tmp_path / "degradation.png").read_bytes()[:4] == b"\x89PNG"
   capsys.readouterr()
-  assert degradation.run("digits", [8, 14], str(tmp_path), **tiny) == rows  # rerun: nothing retrained
+  assert degradation.run("cifar10", [8, 14], str(tmp_path), **tiny) == rows  # rerun: nothing retrained
   assert capsys.readouterr().out.count("finished already") == 4
 
 
