@@ -14,7 +14,6 @@ Writes WORKDIR/auxiliary.json (per run: final errors and both gradient profiles)
 per run) and auxiliary.png (gradient norm per stage at initialisation and at the end; test error against
 iterations).
 """
-import csv
 import json
 
 import numpy as np
@@ -23,7 +22,7 @@ from etils import epath
 
 from cnnjax import config as config_lib
 from cnnjax import cli, gradflow, metrics, train
-from cnnjax.experiments.degradation import final_errors
+from cnnjax.experiments import runs
 
 FLAGS = flags.FLAGS
 LOWER_STAGES = ("conv1", "conv2_reduce", "conv2", "inception_3a", "inception_3b")
@@ -62,23 +61,16 @@ def run(workdir: str, seeds=(0,), data_dir: str = "", **overrides) -> list[dict]
       config = run_config(aux_heads, seed)
       config.data_dir = data_dir
       config.update(overrides)
-      if (workdir / name / "summary.json").exists():
-        print(f"{name}: finished already in {workdir / name}", flush=True)
-      else:
-        train.train_and_evaluate(config, str(workdir / name))
+      runs.train_once(config, workdir / name)
       setup = train.build(config)
       probe = next(gradflow.training_stream(setup))
       results.append({
-          "run": name, "aux_heads": aux_heads, "seed": seed, **final_errors(workdir / name),
+          "run": name, "aux_heads": aux_heads, "seed": seed, **runs.final_errors(workdir / name),
           "gradients_at_init": gradient_profile(train.initial_state(setup), probe, setup),
           "gradients_at_end": gradient_profile(train.latest_state(setup, str(workdir / name)), probe, setup),
       })  # fmt: skip
   (workdir / "auxiliary.json").write_text(json.dumps(results, indent=1))
-  rows = [csv_row(r) for r in results]
-  with (workdir / "auxiliary.csv").open("w") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
+  runs.write_csv(workdir / "auxiliary.csv", [csv_row(r) for r in results])
   plot(workdir, results)
   return results
 

@@ -10,14 +10,14 @@ resumes unfinished ones from their checkpoints. Writes WORKDIR/degradation.png (
 error thin, against iterations, one panel per family, in the paper's style; one line per seed) and
 degradation.json / .csv (final errors of every run).
 """
-import csv
 import json
 
 from absl import app, flags
 from etils import epath
 
+from cnnjax import cli, metrics
 from cnnjax import config as config_lib
-from cnnjax import cli, metrics, train
+from cnnjax.experiments import runs
 
 FLAGS = flags.FLAGS
 
@@ -27,15 +27,6 @@ def run_config(depth: int, residual: bool, dataset: str, seed: int = 0):
   config = config_lib.load("cifar_resnet", arg)
   config.seed = seed  # initialisation, data order, augmentation
   return config
-
-
-def final_errors(workdir) -> dict:
-  """Training error over the last logged interval and the last test error, in percent."""
-  lines = metrics.read_metrics(epath.Path(workdir) / "metrics.jsonl")
-  last_train = [l for l in lines if "train_accuracy" in l][-1]
-  last_eval = [l for l in lines if "eval_accuracy" in l][-1]
-  return {"step": last_eval["step"], "train_error": 100 * (1 - last_train["train_accuracy"]),
-          "test_error": 100 * (1 - last_eval["eval_accuracy"])}  # fmt: skip
 
 
 def run(dataset: str, depths: list[int], workdir: str, epochs: float = 0, data_dir: str = "", seeds=(0,),
@@ -53,17 +44,11 @@ def run(dataset: str, depths: list[int], workdir: str, epochs: float = 0, data_d
         if epochs:
           config.num_epochs, config.num_steps = epochs, 0
         config.update(overrides)
-        if (workdir / name / "summary.json").exists():
-          print(f"{name}: finished already in {workdir / name}", flush=True)
-        else:
-          train.train_and_evaluate(config, str(workdir / name))
+        runs.train_once(config, workdir / name)
         rows.append({"run": name, "net": net, "depth": depth, "residual": residual, "seed": seed,
-                     **final_errors(workdir / name)})  # fmt: skip
+                     **runs.final_errors(workdir / name)})  # fmt: skip
   (workdir / "degradation.json").write_text(json.dumps(rows, indent=1))
-  with (workdir / "degradation.csv").open("w") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
+  runs.write_csv(workdir / "degradation.csv", rows)
   plot(workdir, rows, dataset)
   return rows
 
