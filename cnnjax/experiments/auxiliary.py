@@ -98,7 +98,7 @@ def plot(workdir, results: list[dict]):
     for r in results:
       profile = r[f"gradients_at_{when}"]
       color = "C0" if r["aux_heads"] else "C3"
-      label = r["run"] if r["seed"] == results[0]["seed"] else None
+      label = ("with auxiliary heads" if r["aux_heads"] else "without") if r["seed"] == results[0]["seed"] else None
       ax.semilogy(range(len(profile)), [p["grad_norm"] for p in profile], "o-", color=color, markersize=3, label=label)
     stages = [p["stage"].replace("inception_", "") for p in results[0][f"gradients_at_{when}"]]
     ax.set_xticks(range(len(stages)), stages, rotation=60, fontsize=7)
