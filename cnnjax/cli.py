@@ -34,3 +34,9 @@ def one_line_errors():
     yield
   except USER_ERRORS as e:
     sys.exit(f"error: {e}")
+
+
+def define_integer_list(name: str, default: str, help_text: str):
+  """A comma-separated list flag of non-negative integers (--seeds=0,1,2), refused at parse time otherwise."""
+  flags.DEFINE_list(name, default, help_text)
+  flags.register_validator(name, lambda values: all(v.isdigit() for v in values), f"--{name} takes comma-separated integers, e.g. --{name}=0,1,2")

@@ -148,7 +148,7 @@ def define_flags():
   """Defined only when run as a command, so that importing several commands together is safe."""
   config_flags.DEFINE_config_file("config", None, "Config file, as for cnnjax.main.", lock_config=True)
   flags.DEFINE_string("workdir", None, "Where gradflow.json and gradflow.png go.")
-  flags.DEFINE_list("steps", ["0"], "Training steps at which to measure (0: at initialisation).")
+  cli.define_integer_list("steps", "0", "Training steps at which to measure (0: at initialisation).")
 
 
 def main(argv):

@@ -1,5 +1,7 @@
 """The lecture's experiment commands end to end at a tiny size (shallow nets, a few steps)."""
 import json
+import subprocess
+import sys
 
 import jax
 import pytest
@@ -72,3 +74,10 @@ def test_auxiliary_heads_add_gradient_to_the_lower_layers(tfds_dir, tmp_path):
   assert "aux_4a" in after and all(jax.tree.leaves(jax.tree.map(lambda a, b: bool((a != b).any()), before, after)))
   assert (tmp_path / "auxiliary.png").read_bytes()[:4] == b"\x89PNG"
   assert (tmp_path / "auxiliary.csv").read_text().splitlines()[0].startswith("run,aux_heads,seed,step,train_error,test_error")
+
+
+def test_a_bad_list_flag_is_one_clear_line_and_a_non_zero_exit():
+  result = subprocess.run([sys.executable, "-m", "cnnjax.experiments.degradation", "--depths=20,x"],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+  assert result.returncode != 0 and "--depths takes comma-separated integers" in result.stderr
+  assert "Traceback" not in result.stderr

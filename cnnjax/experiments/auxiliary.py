@@ -129,7 +129,7 @@ def summary_table(results: list[dict]) -> str:
 def define_flags():
   """Defined only when run as a command, so that importing several commands together is safe."""
   flags.DEFINE_string("workdir", "runs/auxiliary-digits", "Where the runs, the figure and the tables go.")
-  flags.DEFINE_list("seeds", ["0"], "Seeds to train each variant with.")
+  cli.define_integer_list("seeds", "0", "Seeds to train each variant with.")
   flags.DEFINE_string("data_dir", "", "tfds data directory.")
 
 

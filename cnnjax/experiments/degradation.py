@@ -97,9 +97,9 @@ def plot(workdir, rows, dataset):
 def define_flags():
   """Defined only when run as a command, so that importing several commands together is safe."""
   flags.DEFINE_enum("dataset", "digits", ["digits", "cifar10"], "digits: offline, reduced schedule; cifar10: the paper's.")
-  flags.DEFINE_list("depths", ["20", "56"], "Depths 6n+2 to train, plain and residual.")
+  cli.define_integer_list("depths", "20,56", "Depths 6n+2 to train, plain and residual.")
   flags.DEFINE_string("workdir", None, "Default: runs/degradation-DATASET.")
-  flags.DEFINE_list("seeds", ["0"], "Seeds to train each net with (initialisation, data order, augmentation).")
+  cli.define_integer_list("seeds", "0", "Seeds to train each net with (initialisation, data order, augmentation).")
   flags.DEFINE_float("epochs", 0, "Override the recipe's length in epochs (0: keep it).")
   flags.DEFINE_string("data_dir", "", "tfds data directory.")
 
