@@ -1,0 +1,140 @@
+"""How fast a config trains on whatever backend is present: start-up, compile, step time, img/s, memory, MFU.
+
+    python -m cnnjax.bench --config=configs/cifar_resnet.py:20                     # the step alone, fake input
+    python -m cnnjax.bench --config=configs/resnet.py:50 --config.batch_size=16 --format=json
+    python -m cnnjax.bench --config=configs/lenet5.py --input=real                 # fed by the real pipeline
+
+Same --config and overrides as cnnjax.main. `--input=fake` reuses one batch already on the devices, so it
+times the train step alone; `--input=real` feeds the config's dataset through the real pipeline. Step time is
+the median over windows of --window steps (one host sync per window, none inside it); compile time is the
+first step's time less one steady step; start-up runs from the process's start to the first finished step,
+with the persistent compilation cache as users have it (--nocompilation_cache for a cold compile).
+FLOPs per image are 3 x 2 x the model's multiply-adds (forward, and a backward of twice the forward).
+A benchmark, not a test: tests only check that it runs and reports every field.
+"""
+import json
+import resource
+import statistics
+import time
+
+import jax
+import psutil
+from absl import app, flags
+from ml_collections import config_flags
+
+from cnnjax import cli, complexity, data, train
+from cnnjax.config import parse_flags
+
+FLAGS = flags.FLAGS
+
+# Dense bf16 peak per device in FLOP/s, from the vendors' data sheets, by a substring of jax's device_kind.
+PEAK_BF16_FLOPS = (
+    ("H200", 989e12),  # H200 SXM: as H100 SXM
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),  # H100 SXM
+    ("A100", 312e12),
+    ("TPU v4", 275e12),
+    ("TPU v5 lite", 197e12),  # v5e
+    ("TPU v6 lite", 918e12),  # Trillium
+)
+# Classes of the datasets a fake batch stands in for (the rest have 10).
+CLASSES = {"imagenet2012": 1000, "cifar100": 100}
+
+
+def peak_flops(device_kind: str) -> float | None:
+  return next((peak for kind, peak in PEAK_BF16_FLOPS if kind in device_kind), None)
+
+
+def run(config, input_kind: str = "fake", steps: int = 20, window: int = 5, warmup: int = 2) -> dict:
+  """Measure `config`'s train and eval steps; returns the report (see the module docstring)."""
+  if input_kind not in ("fake", "real"):
+    raise ValueError(f"unknown --input {input_kind!r}; valid: fake, real")
+  shape = train.input_shape(config)
+  fake = data.load(f"fake:{'x'.join(map(str, shape))}:{CLASSES.get(config.dataset, 10)}") if input_kind == "fake" else None
+  setup = train.build(config, dataset=fake)
+  mesh = train.device_mesh()
+  state = train.replicate(train.initial_state(setup), mesh)
+  batches = train.prefetch_to_device(
+      iter(data.train_batches(setup.dataset, shape, setup.layout, config.seed, config.augment, config.workers)), mesh
+  )
+  if fake is not None:
+    batch, _ = next(batches)
+    batches = iter(lambda: (batch, None), None)  # the same device batch every step: the step alone
+  p_train, p_eval = train.pmapped_steps(setup.step_config)
+
+  def train_steps(n: int) -> float:
+    nonlocal state
+    start = time.perf_counter()
+    for _ in range(n):
+      state, metrics = p_train(state, next(batches)[0])
+    jax.block_until_ready(metrics)
+    return time.perf_counter() - start
+
+  first = train_steps(1)
+  startup = time.time() - psutil.Process().create_time()
+  train_steps(warmup)
+  step_s = statistics.median(train_steps(window) / window for _ in range(max(1, steps // window)))
+
+  eval_batch, _ = next(train.prefetch_to_device(iter(data.eval_batches(setup.dataset, shape, setup.layout)), mesh))
+  jax.block_until_ready(p_eval(state, eval_batch))  # compile
+  start = time.perf_counter()
+  for _ in range(window):
+    out = p_eval(state, eval_batch)
+  jax.block_until_ready(out)
+  eval_s = (time.perf_counter() - start) / window
+
+  device = jax.devices()[0]
+  macs = complexity.cost(train.unsynchronised(setup.step_config.model), shape).macs
+  img_per_s = config.batch_size / step_s
+  peak = peak_flops(device.device_kind)
+  return {
+      "model": config.model,
+      "input": input_kind,
+      "batch": config.batch_size,
+      "image": list(shape),
+      "dtype": config.dtype,
+      "backend": jax.default_backend(),
+      "device_kind": device.device_kind,
+      "devices": jax.device_count(),
+      "step_ms": round(step_s * 1e3, 2),
+      "img_per_s": round(img_per_s, 1),
+      "eval_img_per_s": round(config.batch_size / eval_s, 1),
+      "compile_s": round(first - step_s, 2),
+      "startup_s": round(startup, 2),
+      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # Linux: KiB
+      "train_flops_per_image": 6 * macs,
+      "mfu": round(6 * macs * img_per_s / (peak * jax.device_count()), 4) if peak else None,
+  }
+
+
+def render(report: dict, fmt: str) -> str:
+  if fmt == "json":
+    return json.dumps(report)
+  width = max(map(len, report))
+  return "\n".join(f"{k.ljust(width)}  {v}" for k, v in report.items())
+
+
+def define_flags():
+  """Defined only when run as a command, so that importing several commands together is safe."""
+  config_flags.DEFINE_config_file("config", None, "Config file, as for cnnjax.main.", lock_config=True)
+  flags.DEFINE_enum("input", "fake", ["fake", "real"], "fake: the step alone on one device batch; real: fed by the pipeline.")
+  flags.DEFINE_integer("steps", 20, "Timed train steps (after warm-up), in windows of --window.")
+  flags.DEFINE_integer("window", 5, "Steps between host syncs while timing.")
+  flags.DEFINE_enum("format", "table", ["table", "json"], "Output format.")
+  flags.DEFINE_bool("compilation_cache", True, "Use the persistent compilation cache, as training does.")
+  flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+  del argv
+  if not FLAGS.compilation_cache:
+    jax.config.update("jax_enable_compilation_cache", False)
+  cli.start()
+  with cli.one_line_errors():
+    report = run(FLAGS.config, FLAGS.input, FLAGS.steps, FLAGS.window)
+  print(render(report, FLAGS.format))
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,20 @@
+"""`python -m cnnjax.bench` runs and reports every field; the speed figures themselves belong in docs/performance.md."""
+from cnnjax import bench
+from test_train import load_config
+
+FIELDS = {"img_per_s", "step_ms", "compile_s", "startup_s", "peak_rss_mb", "backend", "device_kind", "eval_img_per_s", "mfu"}
+
+
+def test_reports_every_field_for_the_step_alone_and_fed(tfds_dir):
+  config = load_config("lenet5", data_dir=tfds_dir, batch_size=32)
+  for input_kind in ("fake", "real"):
+    report = bench.run(config, input_kind, steps=2, window=1, warmup=1)
+    assert FIELDS <= set(report) and report["input"] == input_kind and report["devices"] == 8
+    assert report["img_per_s"] > 0 and abs(report["img_per_s"] * report["step_ms"] / 1e3 - 32) < 0.5
+    assert report["backend"] == "cpu" and report["mfu"] is None  # no known peak for a CPU
+    assert report["train_flops_per_image"] == 6 * 326_520  # LeNet-5's multiply-adds (tests/test_model_sizes.py)
+
+
+def test_peak_flops_by_device_kind():
+  assert bench.peak_flops("NVIDIA H100 80GB HBM3") == 989e12 and bench.peak_flops("NVIDIA H100 PCIe") == 756e12
+  assert bench.peak_flops("TPU v4") == 275e12 and bench.peak_flops("cpu") is None
