@@ -22,7 +22,7 @@ from absl import app, flags
 from etils import epath
 from ml_collections import config_flags
 
-from cnnjax import cli, data, train
+from cnnjax import cli, data, metrics, train
 from cnnjax.config import parse_flags
 
 FLAGS = flags.FLAGS
@@ -125,23 +125,15 @@ def run(config, workdir: str, steps: list[int]) -> dict:
 
 
 def plot(report: dict, path):
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, ax = plt.subplots(figsize=(7, 4))
-  for result in report["steps"]:
-    depths = [l["depth"] for l in result["layers"]]
-    norms = np.maximum([l["grad_norm"] for l in result["layers"]], 1e-45)  # a vanished gradient still shows
-    ax.semilogy(depths, norms, "o-", markersize=3, label=f"step {result['step']}")
-  options = ", ".join(f"{k}={v}" for k, v in report["model_options"].items())
-  ax.set(xlabel="depth (weighted layer, input to output)", ylabel="gradient norm", title=f"{report['model']} {options}")
-  ax.grid(alpha=0.3, which="both")
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(str(path), dpi=100)
-  plt.close(fig)
+  with metrics.figure(path, figsize=(7, 4)) as ax:
+    for result in report["steps"]:
+      depths = [l["depth"] for l in result["layers"]]
+      norms = np.maximum([l["grad_norm"] for l in result["layers"]], 1e-45)  # a vanished gradient still shows
+      ax.semilogy(depths, norms, "o-", markersize=3, label=f"step {result['step']}")
+    options = ", ".join(f"{k}={v}" for k, v in report["model_options"].items())
+    ax.set(xlabel="depth (weighted layer, input to output)", ylabel="gradient norm", title=f"{report['model']} {options}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
 
 
 def define_flags():

@@ -2,6 +2,7 @@
 
 Only the lead process (process 0) writes files; every process may print.
 """
+import contextlib
 import json
 import math
 import sys
@@ -61,30 +62,39 @@ def read_metrics(path) -> list[dict]:
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def plot_curves(metrics_path, png_path):
-  """Loss and error (1 - accuracy) against step, training and test, from metrics.jsonl."""
+@contextlib.contextmanager
+def figure(path, *args, **kwargs):
+  """The axes of plt.subplots(*args, **kwargs), drawn off-screen and saved to `path` as a PNG when the block ends."""
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
+  fig, axes = plt.subplots(*args, **kwargs)
+  try:
+    yield axes
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=100)
+  finally:
+    plt.close(fig)
+
+
+def plot_curves(metrics_path, png_path):
+  """Loss and error (1 - accuracy) against step, training and test, from metrics.jsonl."""
   lines = read_metrics(metrics_path)
   train = [l for l in lines if "train_loss" in l]
   test = [l for l in lines if "eval_loss" in l]
-  fig, (loss_ax, err_ax) = plt.subplots(1, 2, figsize=(10, 4))
-  for rows, prefix, style in ((train, "train", "-"), (test, "eval", "o-")):
-    if rows:
-      steps = [r["step"] for r in rows]
-      loss_ax.plot(steps, [r[f"{prefix}_loss"] for r in rows], style, label="train" if prefix == "train" else "test")
-      err_ax.plot(steps, [100 * (1 - r[f"{prefix}_accuracy"]) for r in rows], style, label="train" if prefix == "train" else "test")
-  loss_ax.set(xlabel="step", ylabel="loss", title="loss")
-  err_ax.set(xlabel="step", ylabel="error (%)", title="error")
-  for ax in (loss_ax, err_ax):
-    ax.grid(alpha=0.3)
-    ax.legend()
-  fig.tight_layout()
-  fig.savefig(str(png_path), dpi=100)
-  plt.close(fig)
+  with figure(png_path, 1, 2, figsize=(10, 4)) as (loss_ax, err_ax):
+    for rows, prefix, style in ((train, "train", "-"), (test, "eval", "o-")):
+      if rows:
+        steps = [r["step"] for r in rows]
+        loss_ax.plot(steps, [r[f"{prefix}_loss"] for r in rows], style, label="train" if prefix == "train" else "test")
+        err_ax.plot(steps, [100 * (1 - r[f"{prefix}_accuracy"]) for r in rows], style, label="train" if prefix == "train" else "test")
+    loss_ax.set(xlabel="step", ylabel="loss", title="loss")
+    err_ax.set(xlabel="step", ylabel="error (%)", title="error")
+    for ax in (loss_ax, err_ax):
+      ax.grid(alpha=0.3)
+      ax.legend()
 
 
 class Progress:

@@ -88,33 +88,25 @@ def csv_row(result: dict) -> dict:
 
 
 def plot(workdir, results: list[dict]):
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-  for ax, when in zip(axes[:2], ("init", "end")):
+  with metrics.figure(workdir / "auxiliary.png", 1, 3, figsize=(15, 4.2)) as axes:
+    for ax, when in zip(axes[:2], ("init", "end")):
+      for r in results:
+        profile = r[f"gradients_at_{when}"]
+        color = "C0" if r["aux_heads"] else "C3"
+        label = ("with auxiliary heads" if r["aux_heads"] else "without") if r["seed"] == results[0]["seed"] else None
+        ax.semilogy(range(len(profile)), [p["grad_norm"] for p in profile], "o-", color=color, markersize=3, label=label)
+      stages = [p["stage"].replace("inception_", "") for p in results[0][f"gradients_at_{when}"]]
+      ax.set_xticks(range(len(stages)), stages, rotation=60, fontsize=7)
+      ax.set(ylabel="gradient norm", title=f"gradient reaching each stage, {'at initialisation' if when == 'init' else 'after training'}")
+      ax.grid(alpha=0.3, which="both")
+      ax.legend(fontsize=7)
     for r in results:
-      profile = r[f"gradients_at_{when}"]
-      color = "C0" if r["aux_heads"] else "C3"
-      label = ("with auxiliary heads" if r["aux_heads"] else "without") if r["seed"] == results[0]["seed"] else None
-      ax.semilogy(range(len(profile)), [p["grad_norm"] for p in profile], "o-", color=color, markersize=3, label=label)
-    stages = [p["stage"].replace("inception_", "") for p in results[0][f"gradients_at_{when}"]]
-    ax.set_xticks(range(len(stages)), stages, rotation=60, fontsize=7)
-    ax.set(ylabel="gradient norm", title=f"gradient reaching each stage, {'at initialisation' if when == 'init' else 'after training'}")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-  for r in results:
-    lines = [l for l in metrics.read_metrics(workdir / r["run"] / "metrics.jsonl") if "eval_accuracy" in l]
-    axes[2].plot([l["step"] for l in lines], [100 * (1 - l["eval_accuracy"]) for l in lines],
-                 color="C0" if r["aux_heads"] else "C3", label=r["run"])  # fmt: skip
-  axes[2].set(xlabel="iterations", ylabel="test error (%)", title="test error", yscale="log")
-  axes[2].grid(alpha=0.3, which="both")
-  axes[2].legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(str(workdir / "auxiliary.png"), dpi=100)
-  plt.close(fig)
+      lines = [l for l in metrics.read_metrics(workdir / r["run"] / "metrics.jsonl") if "eval_accuracy" in l]
+      axes[2].plot([l["step"] for l in lines], [100 * (1 - l["eval_accuracy"]) for l in lines],
+                   color="C0" if r["aux_heads"] else "C3", label=r["run"])  # fmt: skip
+    axes[2].set(xlabel="iterations", ylabel="test error (%)", title="test error", yscale="log")
+    axes[2].grid(alpha=0.3, which="both")
+    axes[2].legend(fontsize=7)
 
 
 def summary_table(results: list[dict]) -> str:

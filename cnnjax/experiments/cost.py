@@ -20,7 +20,7 @@ import jax
 from absl import app, flags
 from etils import epath
 
-from cnnjax import complexity, models, zoo
+from cnnjax import complexity, metrics, models, zoo
 
 FLAGS = flags.FLAGS
 
@@ -86,67 +86,48 @@ def run(workdir: str) -> dict:
   return tables
 
 
-def _pyplot():
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  return plt
-
-
 def plot_fig3(rows: list[dict], path):
-  plt = _pyplot()
-  fig, ax = plt.subplots(figsize=(9, 3.6))
-  stage_names = list(dict.fromkeys(s["stage"] for r in rows for s in r["stages"]))
-  colors = {name: plt.cm.tab20(i % 20) for i, name in enumerate(stage_names)}
-  for y, row in enumerate(reversed(rows)):
-    left = 0.0
-    for stage in row["stages"]:
-      width = stage["macs"] / 1e9
-      ax.barh(y, width, left=left, color=colors[stage["stage"]], edgecolor="white", linewidth=0.5)
-      left += width
-    ax.text(left + 0.2, y, f"{row['macs'] / 1e9:.2f} G = {row['over_resnet34']:.2f}x ResNet-34", va="center", fontsize=8)
-  ax.set_yticks(range(len(rows)), [r["model"] for r in reversed(rows)])
-  ax.set(xlabel="multiply-adds (billions), one 224x224 image", title="ResNet paper, Fig. 3: multiply-adds per stage")
-  ax.set_xlim(0, max(r["macs"] for r in rows) / 1e9 * 1.4)
-  ax.legend([plt.Rectangle((0, 0), 1, 1, color=colors[n]) for n in stage_names], stage_names, fontsize=7, ncol=2,
-            loc="lower right")  # fmt: skip
-  fig.tight_layout()
-  fig.savefig(str(path), dpi=100)
-  plt.close(fig)
+  from matplotlib import colormaps, patches
+
+  with metrics.figure(path, figsize=(9, 3.6)) as ax:
+    stage_names = list(dict.fromkeys(s["stage"] for r in rows for s in r["stages"]))
+    colors = {name: colormaps["tab20"](i % 20) for i, name in enumerate(stage_names)}
+    for y, row in enumerate(reversed(rows)):
+      left = 0.0
+      for stage in row["stages"]:
+        width = stage["macs"] / 1e9
+        ax.barh(y, width, left=left, color=colors[stage["stage"]], edgecolor="white", linewidth=0.5)
+        left += width
+      ax.text(left + 0.2, y, f"{row['macs'] / 1e9:.2f} G = {row['over_resnet34']:.2f}x ResNet-34", va="center", fontsize=8)
+    ax.set_yticks(range(len(rows)), [r["model"] for r in reversed(rows)])
+    ax.set(xlabel="multiply-adds (billions), one 224x224 image", title="ResNet paper, Fig. 3: multiply-adds per stage")
+    ax.set_xlim(0, max(r["macs"] for r in rows) / 1e9 * 1.4)
+    ax.legend([patches.Rectangle((0, 0), 1, 1, color=colors[n]) for n in stage_names], stage_names, fontsize=7, ncol=2,
+              loc="lower right")  # fmt: skip
 
 
 def plot_inception(rows: list[dict], path):
-  plt = _pyplot()
-  fig, ax = plt.subplots(figsize=(8, 3.5))
-  x = range(len(rows))
-  ax.bar([i - 0.2 for i in x], [r["naive_macs"] / 1e6 for r in rows], 0.4, label="naive (Fig. 2a)", color="C3")
-  ax.bar([i + 0.2 for i in x], [r["reduced_macs"] / 1e6 for r in rows], 0.4, label="1x1 reductions (Fig. 2b)", color="C0")
-  for i, r in zip(x, rows):
-    ax.text(i, r["naive_macs"] / 1e6, f"{r['naive_over_reduced']:.1f}x", ha="center", va="bottom", fontsize=8)
-  ax.set_xticks(list(x), [f"{r['module']}\n{r['input']}" for r in rows], fontsize=7)
-  ax.set(ylabel="multiply-adds (millions)", title="GoogLeNet inception modules: naive vs 1x1 reductions")
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(str(path), dpi=100)
-  plt.close(fig)
+  with metrics.figure(path, figsize=(8, 3.5)) as ax:
+    x = range(len(rows))
+    ax.bar([i - 0.2 for i in x], [r["naive_macs"] / 1e6 for r in rows], 0.4, label="naive (Fig. 2a)", color="C3")
+    ax.bar([i + 0.2 for i in x], [r["reduced_macs"] / 1e6 for r in rows], 0.4, label="1x1 reductions (Fig. 2b)", color="C0")
+    for i, r in zip(x, rows):
+      ax.text(i, r["naive_macs"] / 1e6, f"{r['naive_over_reduced']:.1f}x", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(list(x), [f"{r['module']}\n{r['input']}" for r in rows], fontsize=7)
+    ax.set(ylabel="multiply-adds (millions)", title="GoogLeNet inception modules: naive vs 1x1 reductions")
+    ax.legend(fontsize=8)
 
 
 def plot_ilsvrc(rows: list[dict], path):
-  plt = _pyplot()
-  fig, ax = plt.subplots(figsize=(8, 3.8))
-  x = range(len(rows))
-  ax.bar(list(x), [r["top5_error"] for r in rows], color=["C7" if not r["model"] else "C0" for r in rows])
-  for i, r in zip(x, rows):
-    note = f"\n{r['depth']} layers\n{r['macs'] / 1e9:.2f} G" if r["model"] else ""
-    ax.text(i, r["top5_error"] + 0.4, f"{r['top5_error']}%{note}", ha="center", va="bottom", fontsize=8)
-  ax.set_xticks(list(x), [f"{r['year']}\n{r['entry']}" for r in rows], fontsize=7)
-  ax.set(ylabel="top-5 error (%)", title="ILSVRC classification, networks in the zoo")
-  ax.set_ylim(0, max(r["top5_error"] for r in rows) * 1.35)
-  fig.tight_layout()
-  fig.savefig(str(path), dpi=100)
-  plt.close(fig)
+  with metrics.figure(path, figsize=(8, 3.8)) as ax:
+    x = range(len(rows))
+    ax.bar(list(x), [r["top5_error"] for r in rows], color=["C7" if not r["model"] else "C0" for r in rows])
+    for i, r in zip(x, rows):
+      note = f"\n{r['depth']} layers\n{r['macs'] / 1e9:.2f} G" if r["model"] else ""
+      ax.text(i, r["top5_error"] + 0.4, f"{r['top5_error']}%{note}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(list(x), [f"{r['year']}\n{r['entry']}" for r in rows], fontsize=7)
+    ax.set(ylabel="top-5 error (%)", title="ILSVRC classification, networks in the zoo")
+    ax.set_ylim(0, max(r["top5_error"] for r in rows) * 1.35)
 
 
 def markdown(tables: dict) -> str:

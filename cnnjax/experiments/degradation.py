@@ -68,30 +68,22 @@ def summary_table(rows: list[dict]) -> str:
 
 
 def plot(workdir, rows, dataset):
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-  for ax, residual in zip(axes, (False, True)):
-    family = [r for r in rows if r["residual"] == residual]
-    nets = list(dict.fromkeys(r["net"] for r in family))
-    for row in family:
-      lines = metrics.read_metrics(workdir / row["run"] / "metrics.jsonl")
-      train_lines = [l for l in lines if "train_accuracy" in l]
-      test_lines = [l for l in lines if "eval_accuracy" in l]
-      color, first_seed = f"C{nets.index(row['net'])}", row is next(r for r in family if r["net"] == row["net"])
-      ax.plot([l["step"] for l in train_lines], [100 * (1 - l["train_accuracy"]) for l in train_lines], color=color,
-              linewidth=2.2, label=f"{row['net']} train" if first_seed else None)  # fmt: skip
-      ax.plot([l["step"] for l in test_lines], [100 * (1 - l["eval_accuracy"]) for l in test_lines], color=color,
-              linewidth=0.9, linestyle="--", label=f"{row['net']} test" if first_seed else None)  # fmt: skip
-    ax.set(title=f"{'ResNet' if residual else 'plain'} on {dataset}", xlabel="iterations", ylabel="error (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(str(workdir / "degradation.png"), dpi=100)
-  plt.close(fig)
+  with metrics.figure(workdir / "degradation.png", 1, 2, figsize=(11, 4), sharey=True) as axes:
+    for ax, residual in zip(axes, (False, True)):
+      family = [r for r in rows if r["residual"] == residual]
+      nets = list(dict.fromkeys(r["net"] for r in family))
+      for row in family:
+        lines = metrics.read_metrics(workdir / row["run"] / "metrics.jsonl")
+        train_lines = [l for l in lines if "train_accuracy" in l]
+        test_lines = [l for l in lines if "eval_accuracy" in l]
+        color, first_seed = f"C{nets.index(row['net'])}", row is next(r for r in family if r["net"] == row["net"])
+        ax.plot([l["step"] for l in train_lines], [100 * (1 - l["train_accuracy"]) for l in train_lines], color=color,
+                linewidth=2.2, label=f"{row['net']} train" if first_seed else None)  # fmt: skip
+        ax.plot([l["step"] for l in test_lines], [100 * (1 - l["eval_accuracy"]) for l in test_lines], color=color,
+                linewidth=0.9, linestyle="--", label=f"{row['net']} test" if first_seed else None)  # fmt: skip
+      ax.set(title=f"{'ResNet' if residual else 'plain'} on {dataset}", xlabel="iterations", ylabel="error (%)")
+      ax.grid(alpha=0.3)
+      ax.legend(fontsize=8)
 
 
 def define_flags():
