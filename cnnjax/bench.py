@@ -130,7 +130,7 @@ def main(argv):
   if not FLAGS.compilation_cache:
     jax.config.update("jax_enable_compilation_cache", False)
   cli.start()
-  with cli.one_line_errors():
+  with cli.one_line_errors(FLAGS["config"].config_filename):
     report = run(FLAGS.config, FLAGS.input, FLAGS.steps, FLAGS.window)
   print(render(report, FLAGS.format))
 

@@ -28,12 +28,17 @@ def start():
 
 
 @contextlib.contextmanager
-def one_line_errors():
-  """USER_ERRORS inside become `error: MESSAGE` on stderr and exit status 1."""
+def one_line_errors(config_path: str = ""):
+  """USER_ERRORS inside become `error: MESSAGE` on stderr and exit status 1. With the command's --config
+  path, a dataset error's offline hint names the `local` variant of that very config."""
   try:
     yield
   except USER_ERRORS as e:
-    sys.exit(f"error: {e}")
+    message = f"error: {e}"
+    if config_path and isinstance(e, data.DatasetError):
+      path, _, arg = config_path.partition(":")
+      message = message.replace("configs/NAME.py:local", f"{path}:{arg},local" if arg else f"{path}:local")
+    sys.exit(message)
 
 
 def define_integer_list(name: str, default: str, help_text: str):

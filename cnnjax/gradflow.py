@@ -148,7 +148,7 @@ def main(argv):
   cli.start()
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required")
-  with cli.one_line_errors():
+  with cli.one_line_errors(FLAGS["config"].config_filename):
     report = run(FLAGS.config, FLAGS.workdir, [int(s) for s in FLAGS.steps])
   for result in report["steps"]:
     first, last = result["layers"][0], result["layers"][-2 if len(result["layers"]) > 1 else -1]

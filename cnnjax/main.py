@@ -10,7 +10,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from cnnjax import checkpoint, cli, data, train
+from cnnjax import checkpoint, cli, train
 from cnnjax.config import parse_flags
 
 FLAGS = flags.FLAGS
@@ -36,19 +36,15 @@ def main(argv):
   cli.start()
   workdir = FLAGS.workdir or default_workdir(FLAGS["config"].config_filename)
   try:
-    if FLAGS.mode == "train":
-      train.train_and_evaluate(FLAGS.config, workdir)
-    else:
-      result = train.evaluate(FLAGS.config, workdir)
-      print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
+    with cli.one_line_errors(FLAGS["config"].config_filename):
+      if FLAGS.mode == "train":
+        train.train_and_evaluate(FLAGS.config, workdir)
+      else:
+        result = train.evaluate(FLAGS.config, workdir)
+        print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
   except checkpoint.Preempted as e:
     print(e, file=sys.stderr)
     sys.exit(143)  # 128 + SIGTERM, as if the signal had ended the process
-  except data.DatasetError as e:
-    path, _, arg = FLAGS["config"].config_filename.partition(":")  # name the offline variant of this very config
-    sys.exit(f"error: {e}".replace("configs/NAME.py:local", f"{path}:{arg},local" if arg else f"{path}:local"))
-  except cli.USER_ERRORS as e:
-    sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,10 @@
 """`python -m cnnjax.bench` runs and reports every field; the speed figures themselves belong in docs/performance.md."""
+import os
+import subprocess
+import sys
+
 from cnnjax import bench
+from test_main import ROOT
 from test_train import load_config
 
 FIELDS = {"img_per_s", "step_ms", "compile_s", "startup_s", "peak_rss_mb", "backend", "device_kind", "eval_img_per_s", "mfu"}
@@ -18,3 +23,11 @@ def test_reports_every_field_for_the_step_alone_and_fed(tfds_dir):
 def test_peak_flops_by_device_kind():
   assert bench.peak_flops("NVIDIA H100 80GB HBM3") == 989e12 and bench.peak_flops("NVIDIA H100 PCIe") == 756e12
   assert bench.peak_flops("TPU v4") == 275e12 and bench.peak_flops("cpu") is None
+
+
+def test_an_unprepared_dataset_names_the_offline_variant_of_the_config(tmp_path):
+  env = {**os.environ, "TFDS_DATA_DIR": str(tmp_path)}
+  result = subprocess.run([sys.executable, "-m", "cnnjax.bench", "--config=configs/resnet.py:50", "--input=real"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, check=False)  # fmt: skip
+  assert result.returncode == 1 and "Traceback" not in result.stderr
+  assert "imagenet2012" in result.stderr and "--config=configs/resnet.py:50,local" in result.stderr
