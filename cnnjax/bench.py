@@ -75,7 +75,7 @@ def run(config, input_kind: str = "fake", steps: int = 20, window: int = 5, warm
   train_steps(warmup)
   step_s = statistics.median(train_steps(window) / window for _ in range(max(1, steps // window)))
 
-  eval_batch, _ = next(train.prefetch_to_device(iter(data.eval_batches(setup.dataset, shape, setup.layout)), mesh))
+  eval_batch = train.to_devices(next(iter(data.eval_batches(setup.dataset, shape, setup.layout))), mesh)
   jax.block_until_ready(p_eval(state, eval_batch))  # compile
   start = time.perf_counter()
   for _ in range(window):

@@ -211,13 +211,17 @@ def prefetch_to_device(iterator, mesh: Mesh, size: int = 2):
   The iterator state travels with its batch, so a checkpoint records the position of the last batch
   *trained on*, not of the last one prefetched.
   """
-  sharding = NamedSharding(mesh, PartitionSpec(AXIS))
   queue = []
   while True:
     while len(queue) < size:
       batch = next(iterator)
-      queue.append((jax.device_put(batch, sharding), iterator.get_state()))
+      queue.append((to_devices(batch, mesh), iterator.get_state()))
     yield queue.pop(0)
+
+
+def to_devices(batch, mesh: Mesh):
+  """A host batch [local_devices, per_device_batch, ...] split over the mesh's devices, one slice each."""
+  return jax.device_put(batch, NamedSharding(mesh, PartitionSpec(AXIS)))
 
 
 def normalization(dataset: data.Dataset, channels: int) -> tuple[tuple, tuple]:

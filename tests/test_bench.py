@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 from cnnjax import bench
+from cnnjax.data.throughput import imagenet_like
 from test_main import ROOT
 from test_train import load_config
 
@@ -18,6 +19,14 @@ def test_reports_every_field_for_the_step_alone_and_fed(tfds_dir):
     assert report["img_per_s"] > 0 and abs(report["img_per_s"] * report["step_ms"] / 1e3 - 32) < 0.5
     assert report["backend"] == "cpu" and report["mfu"] is None  # no known peak for a CPU
     assert report["train_flops_per_image"] == 6 * 326_520  # LeNet-5, partial C3: 326,520 MACs (reference, section 1)
+
+
+def test_real_input_from_jpeg_files_whose_test_split_is_one_batch(tmp_path):
+  """launch/gpu_bench.sh's real-pipeline run: JPEG files decoded and cropped by grain, a test split of 10 images."""
+  imagenet_like(str(tmp_path), n=20, classes=10)
+  config = load_config("lenet5", dataset=f"imagefolder:{tmp_path}", batch_size=16)
+  report = bench.run(config, "real", steps=1, window=1, warmup=1)
+  assert report["img_per_s"] > 0 and report["eval_img_per_s"] > 0
 
 
 def test_peak_flops_by_device_kind():

@@ -29,11 +29,12 @@ def cifar_like(n: int = 50_000) -> Dataset:
   return Dataset("cifar-like", source, source, 10, TFDS["cifar10"])
 
 
-def imagenet_like(folder: str, n: int = 256) -> Dataset:
-  """n JPEG files of 375x500 (ImageNet's most common size), smooth noise so they compress like photos."""
+def imagenet_like(folder: str, n: int = 256, classes: int = 10) -> Dataset:
+  """n JPEG files of 375x500 (ImageNet's most common size) in `classes` class folders, smooth noise so they
+  compress like photos."""
   rng = np.random.default_rng(0)
   for i in range(n):
-    path = pathlib.Path(folder) / f"c{i % 10}"
+    path = pathlib.Path(folder) / f"c{i % classes}"
     path.mkdir(exist_ok=True)
     small = Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
     small.resize((500, 375), Image.BILINEAR).save(path / f"{i}.jpg", quality=90)
