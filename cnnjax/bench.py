@@ -7,8 +7,10 @@
 Same --config and overrides as cnnjax.main. `--input=fake` reuses one batch already on the devices, so it
 times the train step alone; `--input=real` feeds the config's dataset through the real pipeline. Step time is
 the median over windows of --window steps (one host sync per window, none inside it); compile time is the
-first step's time less one steady step; start-up runs from the process's start to the first finished step,
-with the persistent compilation cache as users have it (--nocompilation_cache for a cold compile).
+first step's time less one steady step; `host_ms_per_step` is the loop thread's own CPU time per step (fetching
+the next device batch, dispatching the step), which waits for the device do not count (on CPUs: a GPU runtime
+spins while it waits, so there it is an upper bound); start-up runs from the process's start to the first
+finished step, with the persistent compilation cache as users have it (--nocompilation_cache for a cold compile).
 FLOPs per image are 3 x 2 x the model's multiply-adds (forward, and a backward of twice the forward).
 A benchmark, not a test: tests only check that it runs and reports every field.
 """
@@ -62,20 +64,24 @@ def run(config, input_kind: str = "fake", steps: int = 20, window: int = 5, warm
     batches = iter(lambda: (batch, None), None)  # the same device batch every step: the step alone
   p_train, p_eval = train.pmapped_steps(setup.step_config)
 
+  host_s = []  # this thread's CPU time per step: the loop's own cost, without its waits for the device
+
   def train_steps(n: int) -> float:
     nonlocal state
-    start = time.perf_counter()
+    start, host = time.perf_counter(), time.thread_time()
     for _ in range(n):
       state, metrics = p_train(state, next(batches)[0])
+    host_s.append((time.thread_time() - host) / n)
     jax.block_until_ready(metrics)
     return time.perf_counter() - start
 
   first = train_steps(1)
   startup = time.time() - psutil.Process().create_time()
   train_steps(warmup)
+  host_s.clear()
   step_s = statistics.median(train_steps(window) / window for _ in range(max(1, steps // window)))
 
-  eval_batch = train.to_devices(next(iter(data.eval_batches(setup.dataset, shape, setup.layout))), mesh)
+  eval_batch = jax.device_put(next(iter(data.eval_batches(setup.dataset, shape, setup.layout))), train.batch_sharding(mesh))
   jax.block_until_ready(p_eval(state, eval_batch))  # compile
   start = time.perf_counter()
   for _ in range(window):
@@ -97,6 +103,7 @@ def run(config, input_kind: str = "fake", steps: int = 20, window: int = 5, warm
       "device_kind": device.device_kind,
       "devices": jax.device_count(),
       "step_ms": round(step_s * 1e3, 2),
+      "host_ms_per_step": round(statistics.median(host_s) * 1e3, 3),
       "img_per_s": round(img_per_s, 1),
       "eval_img_per_s": round(config.batch_size / eval_s, 1),
       "compile_s": round(first - step_s, 2),

@@ -94,5 +94,7 @@ def parse_flags(argv):
     # a config file's own error arrives wrapped in its traceback: keep the first and the last line
     sys.exit(f"error: {lines[0]} {lines[-1]}" if "Traceback" in str(e) else f"error: {e}")
   except (AttributeError, KeyError, TypeError) as e:  # ml_collections' unknown field
-    override = next((a for a in argv if a.startswith("--config.")), "")
-    sys.exit(f"error: {override.split('=')[0][2:]} is not a field of this config ({e}); see the config file for its fields")
+    fields = [a.split("=")[0][2:] for a in argv if a.startswith("--config.")]
+    # the error names the unknown key alone: find the override that ends in it
+    field = next((f for f in fields if repr(f.rsplit(".", 1)[-1]) in str(e)), " or ".join(fields))
+    sys.exit(f"error: {field} is not a field of this config ({e}); see the config file for its fields")

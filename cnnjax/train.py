@@ -7,7 +7,9 @@ evaluation -> Orbax checkpoints of the state and the data iterator's position ->
 """
 import dataclasses
 import functools
+import queue
 import signal
+import threading
 import time
 from typing import Any
 
@@ -206,22 +208,47 @@ def replicate(tree, mesh: Mesh):
 
 
 def prefetch_to_device(iterator, mesh: Mesh, size: int = 2):
-  """Yield (batch on device, iterator state after it): `size` batches are in flight while the step runs.
+  """Yield (batch on device, iterator state after it), `size` batches ahead, from a background thread.
 
-  The iterator state travels with its batch, so a checkpoint records the position of the last batch
-  *trained on*, not of the last one prefetched.
+  The thread reads the next batches and copies them to the devices while the step runs, so the training
+  loop's own work per step is only to dispatch it. The iterator state travels with its batch, so a checkpoint
+  records the position of the last batch *trained on*, not of the last one prefetched. An error in the
+  pipeline is raised in the loop, at the batch where it happened.
   """
-  queue = []
-  while True:
-    while len(queue) < size:
-      batch = next(iterator)
-      queue.append((to_devices(batch, mesh), iterator.get_state()))
-    yield queue.pop(0)
+  sharding, ready, stop = batch_sharding(mesh), queue.Queue(maxsize=size), threading.Event()
+
+  def offer(item):  # wait for room, unless the loop has stopped taking batches
+    while not stop.is_set():
+      try:
+        return ready.put(item, timeout=0.1)
+      except queue.Full:
+        pass
+
+  def produce():
+    try:
+      while not stop.is_set():
+        offer((jax.device_put(next(iterator), sharding), iterator.get_state()))
+    except BaseException as e:  # StopIteration too: the loop sees the end where it happened
+      offer(e)
+
+  thread = threading.Thread(target=produce, name="prefetch_to_device", daemon=True)
+  thread.start()
+  try:
+    while True:
+      item = ready.get()
+      if isinstance(item, StopIteration):
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:  # the loop stopped taking batches: let the thread end and release the iterator
+    stop.set()
+    thread.join()
 
 
-def to_devices(batch, mesh: Mesh):
-  """A host batch [local_devices, per_device_batch, ...] split over the mesh's devices, one slice each."""
-  return jax.device_put(batch, NamedSharding(mesh, PartitionSpec(AXIS)))
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """How a host batch [local_devices, per_device_batch, ...] lies on the mesh: one slice per device."""
+  return NamedSharding(mesh, PartitionSpec(AXIS))
 
 
 def normalization(dataset: data.Dataset, channels: int) -> tuple[tuple, tuple]:

@@ -28,6 +28,7 @@ def get_config(arg: str = "20") -> ml_collections.ConfigDict:
   c.model_options.activation = "relu"
   c.model_options.norm = "batchnorm"
   c.model_options.preactivation = False  # True: He et al. 2016's norm -> act -> conv units
+  c.model_options.remat = "none"  # norms | blocks: recompute in the backward pass, for memory
   c.dataset = "cifar10"
   c.image_size = 32
   c.batch_size = 128

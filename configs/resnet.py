@@ -3,6 +3,7 @@
     python -m cnnjax.main --config=configs/resnet.py:50          # ResNet-50, option B, stride in the 1x1 (v1)
     python -m cnnjax.main --config=configs/resnet.py:34,plain    # the plain-34 baseline of Table 2
     python -m cnnjax.main --config=configs/resnet.py:50 --config.model_options.stride_in=v1.5
+    python -m cnnjax.main --config=configs/resnet.py:152 --config.model_options.remat=blocks   # less memory
     python -m cnnjax.main --config=configs/resnet.py:18,local    # offline on `digits`, 32x32, CPU
 
 Dataset: imagenet2012 prepared as array_record (see README). Hardware: an 8-GPU host or a TPU v4-8 or
@@ -24,6 +25,8 @@ def get_config(arg: str = "50") -> ml_collections.ConfigDict:
     raise ValueError(f"resnet config argument {arg!r}: write DEPTH[,plain][,local] with DEPTH 18, 34, 50, 101 or 152")
   c = config.base()
   c.model = ("plain" if "plain" in args else "resnet") + depth
+  c.model_options.stride_in = "v1"  # v1.5: the stride in the 3x3 conv (torchvision)
+  c.model_options.remat = "none"  # norms | blocks: recompute in the backward pass, for memory
   c.dataset = "imagenet2012"
   c.batch_size = 256
   c.learning_rate = 0.1

@@ -11,6 +11,7 @@ from hypothesis import given, settings, strategies as st
 from cnnjax import complexity, models
 from cnnjax.models.blocks import Inception, ResidualBlock, branch_layers, inception_macs, zero_pad_shortcut
 from cnnjax.models.layers import BATCH_NORM
+from cnnjax.models.resnet import ResNet
 
 
 @settings(deadline=None, max_examples=15)
@@ -119,3 +120,27 @@ def test_zero_init_residual_option_zeroes_each_branchs_last_scale():
   params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
   assert all(not jnp.any(params[b]["conv3"]["norm"]["scale"]) for b in params if b.startswith("conv") and "_" in b)
   assert jnp.all(params["conv2_1"]["conv2"]["norm"]["scale"] == 1)
+
+
+@pytest.mark.parametrize("remat", ["norms", "blocks"])
+def test_rematerialisation_changes_memory_not_the_gradients(remat):
+  """A bottleneck ResNet recomputing in the backward pass gives the same gradients and BatchNorm updates."""
+  kwargs = dict(stage_sizes=(1, 1), widths=(8, 16), bottleneck=True, num_classes=3)
+  x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+  variables = ResNet(**kwargs).init(jax.random.key(1), x, train=True)
+
+  def grads(model):
+    def loss(params):
+      (logits, _), updates = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+      return jnp.sum(logits**2), updates
+
+    return jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
+
+  jaxpr = lambda model: str(jax.make_jaxpr(lambda v: model.apply(v, x, train=True, mutable=["batch_stats"]))(variables))
+  assert "remat" in jaxpr(ResNet(**kwargs, remat=remat)) and "remat" not in jaxpr(ResNet(**kwargs))
+  (g, stats), (g_remat, stats_remat) = grads(ResNet(**kwargs)), grads(ResNet(**kwargs, remat=remat))
+  assert jax.tree.structure(g) == jax.tree.structure(g_remat)
+  for a, b in zip(jax.tree.leaves((g, stats)), jax.tree.leaves((g_remat, stats_remat))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  with pytest.raises(ValueError, match="valid: none, norms, blocks"):
+    ResNet(**kwargs, remat="all").init(jax.random.key(1), x, train=True)

@@ -100,7 +100,7 @@ def test_sigterm_saves_a_checkpoint_and_exits(tfds_dir, tmp_path):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--config=configs/lenet5.py", "--config.learning_rat=0.1"], "config.learning_rat is not a field"),
+        (["--config=configs/lenet5.py", "--config.batch_size=8", "--config.learning_rat=0.1"], "config.learning_rat is not a field"),
         (["--config=configs/lenet5.py", "--config.batch_size=big"], "--config.batch_size=big: invalid literal"),
         (["--config=configs/lenet5.py", "--config.model=lenet6"], "unknown model 'lenet6'"),
         (["--config=configs/lenet5.py", "--config.dataset=cifar11"], "unknown dataset 'cifar11'"),

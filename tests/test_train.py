@@ -160,3 +160,35 @@ def test_a_workdir_of_another_model_is_refused(tfds_dir, tmp_path):
     train.train_and_evaluate(other, str(tmp_path))
   longer = load_config("lenet5", data_dir=tfds_dir, batch_size=16, num_steps=4, log_every_steps=1, eval_every_steps=1000)
   assert train.train_and_evaluate(longer, str(tmp_path))["final_step"] == 4  # same model, longer schedule: resumes
+
+
+class _Numbered:
+  """Batches 0, 1, 2, ... of shape [8, 1] (one row per simulated device); state = batches handed out; fails at `fail_at`."""
+
+  def __init__(self, fail_at: int | None = None, length: int | None = None):
+    self.position, self.fail_at, self.length = 0, fail_at, length
+
+  def __next__(self):
+    if self.position == self.fail_at:
+      raise data.DatasetError(f"cannot decode batch {self.position}")
+    if self.position == self.length:
+      raise StopIteration
+    self.position += 1
+    return np.full((8, 1), self.position - 1, np.float32)
+
+  def get_state(self):
+    return {"position": self.position}
+
+
+def test_prefetch_pairs_each_batch_with_the_state_after_it_and_raises_pipeline_errors_in_order():
+  mesh = train.device_mesh()
+  stream = train.prefetch_to_device(_Numbered(fail_at=5), mesh, size=2)
+  for i in range(5):
+    batch, state = next(stream)
+    assert float(batch[0, 0]) == i and state == {"position": i + 1}
+  with pytest.raises(data.DatasetError, match="cannot decode batch 5"):
+    next(stream)
+  assert [int(b[0, 0]) for b, _ in train.prefetch_to_device(_Numbered(length=3), mesh)] == [0, 1, 2]  # a finite stream ends
+  early = train.prefetch_to_device(_Numbered(), mesh)
+  next(early)
+  early.close()  # a loop that stops early: the reading thread ends (close() joins it) instead of blocking forever

@@ -1,12 +1,11 @@
-"""How fast the input pipeline is, alone and feeding a real train step.
+"""How fast the input pipeline is on its own, without a model.
 
     python -m cnnjax.data.throughput --style=cifar                        # uint8 arrays in memory, pad/crop/flip
     python -m cnnjax.data.throughput --style=imagenet --workers=2         # JPEG files, random-resized crop to 224
-    python -m cnnjax.data.throughput --style=cifar --feed=resnet20        # the pipeline feeding ResNet-20's step
 
-Prints img/s and, without workers, img/s per CPU-second of this process (per core). With --feed, also the train step alone
-on one batch held on the device, so the two can be compared: the pipeline is not the bottleneck when
-"fed" is as fast as "step alone".
+Prints img/s and, without workers, img/s per CPU-second of this process (per core). Whether the pipeline keeps
+a train step fed is `python -m cnnjax.bench --input=real` against `--input=fake` (launch/gpu_bench.sh does it
+on JPEG files written by `imagenet_like`).
 """
 import pathlib
 import tempfile
@@ -39,47 +38,24 @@ def imagenet_like(folder: str, n: int = 256, classes: int = 10) -> Dataset:
     small = Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
     small.resize((500, 375), Image.BILINEAR).save(path / f"{i}.jpg", quality=90)
   dataset = _image_folder(folder, test_fraction=0.0)
-  return Dataset("imagenet-like", dataset.train, dataset.test, 10, Spec("imagenet", IMAGENET_STATS))
+  return Dataset("imagenet-like", dataset.train, dataset.test, classes, Spec("imagenet", IMAGENET_STATS))
 
 
-def _time(iterator, steps: int, consume=lambda batch: None):
+def _time(iterator, steps: int):
   for _ in range(5):
-    consume(next(iterator))
+    next(iterator)
   wall, cpu = time.perf_counter(), time.process_time()
   for _ in range(steps):
-    consume(next(iterator))
+    next(iterator)
   return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def measure(dataset: Dataset, shape, batch: int, steps: int, workers: int, feed: str = "") -> dict:
-  import jax
-
-  layout = data.Layout(batch, jax.local_device_count())
+def measure(dataset: Dataset, shape, batch: int, steps: int, workers: int) -> dict:
   images = batch * steps
-  wall, cpu = _time(iter(data.train_batches(dataset, shape, layout, seed=0, workers=workers)), steps)
+  wall, cpu = _time(iter(data.train_batches(dataset, shape, data.Layout(batch), seed=0, workers=workers)), steps)
   result = {"pipeline_img_per_s": images / wall}
   if not workers:  # with workers the work happens in other processes, whose CPU time this one cannot see
     result["pipeline_img_per_cpu_s"] = images / cpu
-  if feed:
-    from cnnjax import config as config_lib
-    from cnnjax import train
-
-    c = config_lib.base()
-    c.model, c.image_size, c.channels, c.batch_size = feed, shape[0], shape[2], batch
-    run = train.build(c, dataset)
-    mesh = train.device_mesh()
-    p_train, _ = train.pmapped_steps(run.step_config)
-    state = [train.replicate(train.initial_state(run), mesh)]
-
-    def step(device_batch):
-      state[0], metrics = p_train(state[0], device_batch[0])
-      metrics["loss"].block_until_ready()
-
-    stream = train.prefetch_to_device(iter(data.train_batches(dataset, shape, layout, seed=0, workers=workers)), mesh)
-    one = next(stream)
-    wall_alone, _ = _time(iter(lambda: one, None), steps, step)
-    wall_fed, _ = _time(stream, steps, step)
-    result.update(step_alone_img_per_s=images / wall_alone, fed_img_per_s=images / wall_fed)
   return result
 
 
@@ -89,7 +65,6 @@ def define_flags():
   flags.DEFINE_integer("batch", 128, "Global batch size.")
   flags.DEFINE_integer("steps", 100, "Batches to time (after 5 of warm-up).")
   flags.DEFINE_integer("workers", 0, "grain worker processes.")
-  flags.DEFINE_string("feed", "", "A model to train on the batches (e.g. resnet20, lenet5); empty: the pipeline alone.")
 
 
 def main(argv):
@@ -99,7 +74,7 @@ def main(argv):
       dataset, shape = cifar_like(), (32, 32, 3)
     else:
       dataset, shape = imagenet_like(folder), (224, 224, 3)
-    result = measure(dataset, shape, FLAGS.batch, FLAGS.steps, FLAGS.workers, FLAGS.feed)
+    result = measure(dataset, shape, FLAGS.batch, FLAGS.steps, FLAGS.workers)
   for key, value in result.items():
     print(f"{key:24s} {value:10.0f}")
 

@@ -11,6 +11,7 @@ import functools
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 
 from cnnjax.models.blocks import ConvUnit, ResidualBlock
 from cnnjax.models.layers import activation, conv_norm, global_avg_pool, max_pool
@@ -18,6 +19,15 @@ from cnnjax.models.layers import activation, conv_norm, global_avg_pool, max_poo
 # He et al. 2015 initialise "as in [13]" (the PReLU paper): a normal with variance 2/fan; torchvision
 # uses fan-out, as here.
 HE_NORMAL = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+# Rematerialisation of each residual block in the backward pass (same gradients, less memory):
+# 'none' keeps every intermediate; 'norms' keeps the convolutions' outputs and recomputes BatchNorm and the
+# activations (the cheap, memory-bound part); 'blocks' keeps only each block's input and recomputes the block.
+REMAT = {
+    "none": None,
+    "norms": jax.checkpoint_policies.dots_saveable,  # convolutions count as dots here
+    "blocks": jax.checkpoint_policies.nothing_saveable,
+}
 
 
 class ResNet(nn.Module):
@@ -36,11 +46,14 @@ class ResNet(nn.Module):
   activation: str = "relu"
   norm: str = "batchnorm"
   axis_name: str | None = None  # BatchNorm statistics averaged over this pmap axis in training
+  remat: str = "none"  # what the backward pass recomputes instead of keeping (REMAT): memory for compute
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     if self.stem not in ("imagenet", "cifar"):
       raise ValueError(f"unknown stem {self.stem!r}; valid: imagenet, cifar")
+    if self.remat not in REMAT:
+      raise ValueError(f"unknown remat {self.remat!r}; valid: {', '.join(REMAT)}")
     act = activation(self.activation)
     norm = conv_norm(self.norm, train, axis_name=self.axis_name)
     # BatchNorm's shift makes a conv bias redundant; without a norm the convs need their own.
@@ -53,7 +66,7 @@ class ResNet(nn.Module):
       x = ConvUnit(self.widths[0], 3, conv, *((None, None) if self.preactivation else (norm, act)), name="conv1")(x)
     out["conv1"] = x
     block = functools.partial(
-        ResidualBlock,
+        nn.remat(ResidualBlock, policy=REMAT[self.remat]) if REMAT[self.remat] else ResidualBlock,
         conv=conv,
         norm=norm,
         act=act,
