@@ -7,10 +7,10 @@
 Same --config and overrides as cnnjax.main. `--input=fake` reuses one batch already on the devices, so it
 times the train step alone; `--input=real` feeds the config's dataset through the real pipeline. Step time is
 the median over windows of --window steps (one host sync per window, none inside it); compile time is the
-first step's time less one steady step; `host_ms_per_step` is the loop thread's own CPU time per step (fetching
-the next device batch, dispatching the step), which waits for the device do not count (on CPUs: a GPU runtime
-spins while it waits, so there it is an upper bound); start-up runs from the process's start to the first
-finished step, with the persistent compilation cache as users have it (--nocompilation_cache for a cold compile).
+first step's time less one steady step; `host_ms_per_step` is the loop thread's own CPU time per step (taking
+the next device batch, dispatching the step): waiting for a CPU device costs no CPU time, but a GPU runtime
+spins while it waits, so on GPUs the figure is an upper bound. Start-up runs from the process's start to the
+first finished step, with the persistent compilation cache as users have it (--nocompilation_cache: cold).
 FLOPs per image are 3 x 2 x the model's multiply-adds (forward, and a backward of twice the forward).
 A benchmark, not a test: tests only check that it runs and reports every field.
 """

@@ -11,7 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from cnnjax import metrics
+from cnnjax import config as config_lib, metrics
 
 ROOT = pathlib.Path(__file__).parent.parent  # config paths are relative to the repository root
 
@@ -125,3 +125,15 @@ def test_commands_keep_compiled_programs_in_a_per_user_cache_unless_told_where(t
   env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "mine")
   chosen = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
   assert chosen.strip() == str(tmp_path / "mine")
+
+
+@pytest.mark.parametrize("name,arg,options", [
+    ("resnet", "50", {"stride_in": "v1.5", "remat": "blocks"}),
+    ("cifar_resnet", "20", {"remat": "norms", "preactivation": True}),
+])  # fmt: skip
+def test_model_options_the_configs_document_are_fields_of_the_locked_config(name, arg, options):
+  """`--config.model_options.X=V` sets a field of the locked config: X must be in the config (a new key is refused)."""
+  config = config_lib.load(name, arg)
+  config.lock()
+  config.model_options.update(options)
+  assert dict(config.model_options) | options == dict(config.model_options)
