@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 # The fields that fix the shapes of the parameters: a workdir is only resumed by the same model.
 IDENTITY = ("model", "model_options", "dataset", "image_size", "channels")
@@ -69,6 +70,10 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
   def save(self, step: int, state, data_state: dict):
+    """Every process calls this with the same state: Orbax writes it once, collectively, and the data state of
+    process 0 (all hosts read equal-length shards, so their iterator positions are equal)."""
+    if jax.process_count() > 1:  # each host holds a replica on its own devices: one global array for Orbax
+      state = jax.tree.map(lambda a: ocp.utils.fully_replicated_host_local_array_to_global_array(a), state)
     # force: the loop decides when to save; Orbax alone would skip a save while the previous one is writing
     args = ocp.args.Composite(state=ocp.args.PyTreeSave(state), data=ocp.args.JsonSave(data_state))
     self.manager.save(step, args=args, force=True)
@@ -84,6 +89,9 @@ class Checkpointer:
         raise CheckpointError(f"no checkpoint in {self.directory}")
       return init_fn(), None
     abstract = jax.eval_shape(init_fn)
+    if jax.process_count() > 1:  # restored replicated over all hosts' devices; each keeps its own replica below
+      everywhere = NamedSharding(Mesh(np.array(jax.devices()), ("all",)), PartitionSpec())
+      abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=everywhere), abstract)
     state_args = ocp.args.PyTreeRestore(abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))
     errors = []
     for step in steps:
@@ -97,7 +105,10 @@ class Checkpointer:
         continue
       if errors:
         print(f"warning: skipped unreadable checkpoint(s) {'; '.join(errors)}; resumed from step {step}", flush=True)
-      return restored.state, restored.data
+      state = restored.state
+      if jax.process_count() > 1:
+        state = jax.tree.map(lambda a: a.addressable_data(0), state)
+      return state, restored.data
     raise CheckpointError(f"no readable checkpoint in {self.directory}: " + "; ".join(errors))
 
   def wait(self):

@@ -41,6 +41,32 @@ def one_line_errors(config_path: str = ""):
     sys.exit(message)
 
 
+def define_distributed_flags():
+  """The flags of a run over several processes, named as jax.distributed.initialize names them."""
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a run over several processes "
+                      "(GPU clusters, SLURM, processes on one machine); TPU VM slices need none of these flags.")  # fmt: skip
+  flags.DEFINE_integer("num_processes", None, "How many processes the run spans (with --coordinator_address).")
+  flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_processes - 1 (with --coordinator_address).")
+  flags.DEFINE_integer("distributed_timeout", 120, "Seconds a process waits for the others to start, and for a "
+                       "silent one before it stops the run instead of waiting forever.", lower_bound=5)  # fmt: skip
+
+
+def start_distributed():
+  """jax.distributed.initialize when the run spans several processes: with the flags, or by itself on a TPU VM
+  slice of several workers (JAX reads the topology there). Call before anything touches a device."""
+  given = {name: flags.FLAGS[name].value for name in ("coordinator_address", "num_processes", "process_id")}
+  tpu_workers = os.environ.get("TPU_PROCESS_ADDRESSES") or os.environ.get("TPU_WORKER_HOSTNAMES") or ""
+  if not any(v is not None for v in given.values()) and "," not in tpu_workers:
+    return
+  if any(v is not None for v in given.values()) and not all(v is not None for v in given.values()):
+    sys.exit("error: --coordinator_address, --num_processes and --process_id go together")
+  # CPU devices of several processes need a collectives library to reduce across them (GPUs and TPUs have theirs)
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  timeout = flags.FLAGS.distributed_timeout
+  jax.distributed.initialize(**{k: v for k, v in given.items() if v is not None},
+                             initialization_timeout=timeout, heartbeat_timeout_seconds=timeout)  # fmt: skip
+
+
 def define_integer_list(name: str, default: str, help_text: str):
   """A comma-separated list flag of non-negative integers (--seeds=0,1,2), refused at parse time otherwise."""
   flags.DEFINE_list(name, default, help_text)

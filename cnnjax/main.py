@@ -1,4 +1,5 @@
 """python -m cnnjax.main --config=configs/NAME.py[:ARG] [--config.FIELD=VALUE ...] [--workdir=DIR] [--mode=train|eval]
+    [--coordinator_address=HOST:PORT --num_processes=N --process_id=I]     # one of N processes of a run
 
 Parses flags and calls cnnjax.train; everything else is importable and tested on its own.
 """
@@ -28,11 +29,13 @@ def define_flags():
                       "Default: a new folder under ./runs/.")  # fmt: skip
   flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (and evaluate), or evaluate the workdir's latest checkpoint.")
   flags.mark_flags_as_required(["config"])
+  cli.define_distributed_flags()
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  cli.start_distributed()
   cli.start()
   workdir = FLAGS.workdir or default_workdir(FLAGS["config"].config_filename)
   try:

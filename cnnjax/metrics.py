@@ -36,7 +36,8 @@ class Writer:
     self._tb.flush()
 
   def note(self, text: str):
-    print(text, flush=True)
+    if self.is_lead:
+      print(text, flush=True)
 
   def finish(self, summary: dict):
     """Write the curves PNG and summary.json, and print the summary."""
@@ -49,6 +50,8 @@ class Writer:
     if "eval_top5" in summary:
       parts.append(f"top-5 {summary['eval_top5']:.2%}")
     parts.append(f"wall time {summary['wall_time_s']:.0f}s")
+    if not self.is_lead:
+      return
     print("done: " + ", ".join(parts), flush=True)
     print(f"wrote {self.workdir}/: metrics.jsonl, tensorboard/, curves.png, summary.json, checkpoints/", flush=True)
 
@@ -100,8 +103,9 @@ def plot_curves(metrics_path, png_path):
 class Progress:
   """One line of step, epoch, loss, accuracy, img/s and ETA: redrawn in place on a terminal, else printed per log."""
 
-  def __init__(self, total_steps: int, steps_per_epoch: int, batch_size: int, first_step: int = 0, stream=None):
-    self.total, self.steps_per_epoch, self.batch_size = total_steps, steps_per_epoch, batch_size
+  def __init__(self, total_steps: int, steps_per_epoch: int, batch_size: int, first_step: int = 0, stream=None,
+               quiet: bool = False):  # fmt: skip
+    self.total, self.steps_per_epoch, self.batch_size, self.quiet = total_steps, steps_per_epoch, batch_size, quiet
     self.stream = stream or sys.stdout
     self.tty = self.stream.isatty()
     self._last_step, self._last_time = first_step, time.time()
@@ -129,6 +133,8 @@ class Progress:
     self._print(text, keep=True)
 
   def _print(self, text: str, keep: bool = False):
+    if self.quiet:
+      return
     if self.tty:
       self.stream.write("\r\033[K" + text + ("\n" if keep else ""))
     else:
@@ -136,7 +142,7 @@ class Progress:
     self.stream.flush()
 
   def close(self):
-    if self.tty:
+    if self.tty and not self.quiet:
       self.stream.write("\n")
       self.stream.flush()
 

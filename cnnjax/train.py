@@ -336,8 +336,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     train_iter.set_state(data_state)
   batches = prefetch_to_device(train_iter, mesh)
   p_train, p_eval = pmapped_steps(run.step_config)
-  writer = metrics.Writer(workdir, is_lead=jax.process_index() == 0)
-  progress = metrics.Progress(run.total_steps, run.steps_per_epoch, config.batch_size, first_step=step)
+  lead = jax.process_index() == 0  # only process 0 prints and writes metrics, event files and plots
+  writer = metrics.Writer(workdir, is_lead=lead)
+  progress = metrics.Progress(run.total_steps, run.steps_per_epoch, config.batch_size, first_step=step, quiet=not lead)
   eval_every = config.eval_every_steps or max(1, round(config.eval_every_epochs * run.steps_per_epoch))
   log_every = min(config.log_every_steps, eval_every)
   ckpt_every = config.checkpoint_every_steps or eval_every

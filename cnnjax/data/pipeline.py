@@ -1,8 +1,8 @@
 """grain pipelines that turn a Dataset into batches for a pmapped step.
 
-Training: this host's shard (examples process_index, process_index + process_count, ...), shuffled per
-epoch from the seed, preprocessed, batched to [local_devices, per_device_batch, H, W, C] with labels
-[local_devices, per_device_batch]. Everything random is seeded by (seed, example or batch index), so a
+Training: global batches of example indices, shuffled per epoch from the seed and the same on every host;
+each host reads and preprocesses its own rows of each, batched to [local_devices, per_device_batch, H, W, C]
+with labels [local_devices, per_device_batch]. Everything random is seeded by (seed, example or batch index), so a
 step's batch never depends on what ran before it, and the iterator's state (grain's get_state/set_state)
 is all a checkpoint needs to resume with exactly the batches an uninterrupted run would have seen.
 
@@ -58,17 +58,19 @@ def fit_example(example: dict, input_shape, style: str, train: bool, rng: np.ran
   return transforms.to_channels(image, channels)
 
 
-def read_batch(source, indices, input_shape, style: str, train: bool, rng=None) -> dict:
+def read_batch(source, indices, input_shape, style: str, train: bool, rng=None, first: int = 0) -> dict:
   """Examples `indices` of `source` as {'image': uint8 [B, H, W, C], 'label': int32 [B]}.
 
   In-memory sources hand over whole arrays (`read_batch` of their own); tfds sources read their records
-  in one batched call; images that are not yet the model's size go through `fit_example` one by one.
+  in one batched call; images that are not yet the model's size go through `fit_example` one by one, example
+  i with the (first + i)-th child of `rng`, so a host reading rows first.. of a global batch crops them as a
+  single host would.
   """
   indices = np.asarray(indices)
   if hasattr(source, "read_batch") and source.image_shape == tuple(input_shape) and style != "imagenet":
     return source.read_batch(indices)
   records = source.__getitems__(indices.tolist()) if hasattr(source, "__getitems__") else [source[int(i)] for i in indices]
-  rngs = rng.spawn(len(records)) if rng is not None else [None] * len(records)
+  rngs = rng.spawn(first + len(records))[first:] if rng is not None else [None] * len(records)
   images = [
       r["image"] if r["image"].shape == tuple(input_shape) and style != "imagenet" else fit_example(r, input_shape, style, train, g)
       for r, g in zip(records, rngs)
@@ -81,21 +83,24 @@ def train_batches(
 ) -> grain.IterDataset:
   """An endless, checkpointable stream of training batches for this host.
 
-  grain shuffles and batches example *indices* (cheap), then each batch is read in bulk and preprocessed
-  with a generator seeded by (seed, batch index).
+  grain shuffles and batches example *indices* (cheap) into global batches, the same on every host; each
+  host reads and preprocesses its own rows of each, with a generator seeded by (seed, batch index) whose
+  draws are made for the whole global batch. So a global batch does not depend on how many hosts share it,
+  and every host's iterator state is the same.
   """
   input_shape, train = tuple(input_shape), dataset.train
-  indices = grain.MapDataset.range(len(train))[layout.process_index :: layout.process_count]
-  indices = indices.seed(seed).shuffle().repeat(None)  # a new permutation every epoch
+  indices = grain.MapDataset.range(len(train)).seed(seed).shuffle().repeat(None)  # a new permutation every epoch
   style = dataset.spec.style if augment else "small"
+  first = layout.process_index * layout.local_batch
 
-  def load(batch_indices, rng):
-    batch = read_batch(train, batch_indices, input_shape, style, train=True, rng=rng)
+  def load(global_indices, rng):
+    rows = global_indices[first : first + layout.local_batch]
+    batch = read_batch(train, rows, input_shape, style, train=True, rng=rng, first=first)
     if augment and style == "cifar":
-      batch["image"] = transforms.pad_crop_flip(batch["image"], rng)
+      batch["image"] = transforms.pad_crop_flip(batch["image"], rng, first=first, total=layout.global_batch)
     return layout.for_devices(batch)
 
-  ds = indices.batch(layout.local_batch, drop_remainder=True).random_map(load)
+  ds = indices.batch(layout.global_batch, drop_remainder=True).random_map(load)
   return _iterate(ds, workers, prefetch)
 
 

@@ -10,17 +10,19 @@ import numpy as np
 from PIL import Image
 
 
-def pad_crop_flip(images: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
+def pad_crop_flip(images: np.ndarray, rng: np.random.Generator, pad: int = 4, first: int = 0, total: int | None = None) -> np.ndarray:
   """CIFAR augmentation for a batch: zero-pad by `pad`, take a random crop of the original size, flip half.
 
   He et al. 2015, section 4.2: "4 pixels are padded on each side, and a 32x32 crop is randomly sampled
-  from the padded image or its horizontal flip".
+  from the padded image or its horizontal flip". `images` may be rows first.. of a batch of `total`: the
+  draws are made for all `total` and these rows take theirs.
   """
   n, h, w, c = images.shape
+  total = total or n
   padded = np.zeros((n, h + 2 * pad, w + 2 * pad, c), images.dtype)
   padded[:, pad : pad + h, pad : pad + w] = images
-  rows, cols = rng.integers(0, 2 * pad + 1, (2, n))
-  flips = rng.random(n) < 0.5
+  rows, cols = rng.integers(0, 2 * pad + 1, (2, total))[:, first : first + n]
+  flips = (rng.random(total) < 0.5)[first : first + n]
   out = np.empty_like(images)
   for i in range(n):  # one slice copy per image: faster than a fancy-indexed gather over the batch
     crop = padded[i, rows[i] : rows[i] + h, cols[i] : cols[i] + w]

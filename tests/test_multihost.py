@@ -1,0 +1,87 @@
+"""Several processes, one run: two processes on localhost (4 simulated CPU devices each, gloo collectives)
+train as one process with 8 devices does, checkpoint to one path, resume; a lost process stops the run."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from test_main import ROOT
+
+STEPS = ["--config=configs/lenet5.py", "--config.num_steps=6", "--config.log_every_steps=3", "--config.eval_every_steps=3"]
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def launch(workdir, processes: int, *args, port: int = 0):
+  """`processes` cnnjax.main processes sharing 8 CPU devices among them."""
+  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // processes}"}
+  distributed = [f"--coordinator_address=127.0.0.1:{port or free_port()}", f"--num_processes={processes}"]
+  return [
+      subprocess.Popen([sys.executable, "-m", "cnnjax.main", f"--workdir={workdir}", *args,
+                        *(distributed + [f"--process_id={i}"] if processes > 1 else [])],
+                       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+      for i in range(processes)
+  ]
+
+
+def finish(processes, timeout=240):
+  outputs = [p.communicate(timeout=timeout) for p in processes]
+  for p, (out, err) in zip(processes, outputs):
+    assert p.returncode == 0, err[-2000:]
+  return outputs
+
+
+def params(workdir, step):
+  """The saved parameters as numpy arrays (readable whatever devices saved them)."""
+  path = os.path.join(workdir, "checkpoints", str(step), "state")
+  checkpointer = ocp.PyTreeCheckpointer()
+  metadata = checkpointer.metadata(path)
+  tree = getattr(getattr(metadata, "item_metadata", metadata), "tree", metadata)
+  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  return checkpointer.restore(path, restore_args=args)["params"]
+
+
+def test_two_processes_train_as_one_process_with_eight_devices_and_resume(tmp_path):
+  one, two = tmp_path / "one", tmp_path / "two"
+  finish(launch(one, 1, *STEPS) + launch(two, 2, *STEPS))
+  a, b = params(one, 6), params(two, 6)
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+  (out0, _), (out1, _) = finish(launch(two, 2, *STEPS[:1], "--config.num_steps=9", *STEPS[2:]))  # resumes at 6
+  own_lines = lambda out: [l for l in out.splitlines() if not l.startswith("[Gloo]")]  # gloo's C++ prints its own
+  assert "resumed at step 6" in out0 and own_lines(out1) == []  # only process 0 prints
+  summary = json.loads((two / "summary.json").read_text())
+  assert summary["final_step"] == 9 and sorted(p.name for p in (two / "checkpoints").iterdir()) == ["3", "6", "9"]
+
+
+def test_a_lost_process_stops_the_others_within_the_timeout(tmp_path):
+  processes = launch(tmp_path, 2, "--config=configs/lenet5.py", "--config.num_steps=100000", "--config.log_every_steps=5",
+                     "--distributed_timeout=10")  # fmt: skip
+  metrics = tmp_path / "metrics.jsonl"
+  deadline = time.time() + 180
+  while not (metrics.exists() and metrics.read_text().strip()) and time.time() < deadline:
+    time.sleep(0.5)
+  assert metrics.exists(), processes[0].communicate(timeout=5)[1][-2000:]
+  processes[1].send_signal(signal.SIGKILL)
+  killed = time.time()
+  try:
+    _, err = processes[0].communicate(timeout=90)
+  except subprocess.TimeoutExpired:
+    processes[0].kill()
+    pytest.fail("the surviving process still waits 90 s after its peer died")
+  assert processes[0].returncode != 0
+  # JAX's own words, after --distributed_timeout seconds without the peer's heartbeat (7-11 s here)
+  assert "another task died" in err and time.time() - killed < 60
