@@ -43,8 +43,9 @@ def one_line_errors(config_path: str = ""):
 
 def define_distributed_flags():
   """The flags of a run over several processes, named as jax.distributed.initialize names them."""
-  flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a run over several processes "
-                      "(GPU clusters, SLURM, processes on one machine); TPU VM slices need none of these flags.")  # fmt: skip
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a run over several processes (GPU "
+                      "clusters, processes on one machine); 'auto': JAX reads it and the two below from a TPU VM "
+                      "slice, SLURM or Open MPI.")  # fmt: skip
   flags.DEFINE_integer("num_processes", None, "How many processes the run spans (with --coordinator_address).")
   flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_processes - 1 (with --coordinator_address).")
   flags.DEFINE_integer("distributed_timeout", 120, "Seconds a process waits for the others to start, and for a "
@@ -52,19 +53,19 @@ def define_distributed_flags():
 
 
 def start_distributed():
-  """jax.distributed.initialize when the run spans several processes: with the flags, or by itself on a TPU VM
-  slice of several workers (JAX reads the topology there). Call before anything touches a device."""
-  given = {name: flags.FLAGS[name].value for name in ("coordinator_address", "num_processes", "process_id")}
-  tpu_workers = os.environ.get("TPU_PROCESS_ADDRESSES") or os.environ.get("TPU_WORKER_HOSTNAMES") or ""
-  if not any(v is not None for v in given.values()) and "," not in tpu_workers:
+  """jax.distributed.initialize when --coordinator_address is given. Call before anything touches a device."""
+  address, count, index = (flags.FLAGS[n].value for n in ("coordinator_address", "num_processes", "process_id"))
+  if address is None:
+    if count is not None or index is not None:
+      sys.exit("error: --num_processes and --process_id need --coordinator_address")
     return
-  if any(v is not None for v in given.values()) and not all(v is not None for v in given.values()):
-    sys.exit("error: --coordinator_address, --num_processes and --process_id go together")
+  if address != "auto" and (count is None or index is None):
+    sys.exit("error: --coordinator_address=HOST:PORT needs --num_processes and --process_id (or write 'auto')")
   # CPU devices of several processes need a collectives library to reduce across them (GPUs and TPUs have theirs)
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   timeout = flags.FLAGS.distributed_timeout
-  jax.distributed.initialize(**{k: v for k, v in given.items() if v is not None},
-                             initialization_timeout=timeout, heartbeat_timeout_seconds=timeout)  # fmt: skip
+  given = {} if address == "auto" else {"coordinator_address": address, "num_processes": count, "process_id": index}
+  jax.distributed.initialize(**given, initialization_timeout=timeout, heartbeat_timeout_seconds=timeout)
 
 
 def define_integer_list(name: str, default: str, help_text: str):

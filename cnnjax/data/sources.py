@@ -114,7 +114,12 @@ def _digits(data_dir: str | None) -> Dataset:
   builder = Digits(data_dir=data_dir, file_format="array_record")
   if not builder.is_prepared():  # offline and about a second: prepare on first use
     tfds.display_progress_bar(False)
-    builder.download_and_prepare()
+    try:
+      builder.download_and_prepare()
+    except FileExistsError:  # another process (a parallel sweep run) finished preparing it first
+      builder = Digits(data_dir=data_dir, file_format="array_record")
+      if not builder.is_prepared():
+        raise
   source = builder.as_data_source()
   images = np.stack([source["train"][i]["image"] for i in range(len(source["train"]))]).astype(np.float64)
   stats = (tuple(images.mean(axis=(0, 1, 2)).tolist()), tuple(images.std(axis=(0, 1, 2)).tolist()))

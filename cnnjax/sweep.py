@@ -1,0 +1,164 @@
+"""Sweeps: a list or grid of configs and overrides, each run in its own workdir, then one summary of them all.
+
+    python -m cnnjax.sweep --sweep=configs/sweeps/degradation.py --workdir=runs/degradation              # one at a time
+    python -m cnnjax.sweep --sweep=configs/sweeps/degradation.py:local --workdir=runs/deg --parallel=2   # 2 at a time
+    python -m cnnjax.sweep --sweep=configs/sweeps/degradation.py --workdir=runs/degradation --summary_only
+    python -m cnnjax.sweep --sweep=configs/sweeps/degradation.py --workdir=gs://B/deg --print_commands
+
+A sweep file's `get_sweep(arg)` returns its runs, each a dict {"config": "configs/NAME.py:ARG", FIELD: VALUE,
+...}; `grid(...)` builds the product of lists. Each run is `python -m cnnjax.main` in WORKDIR/NAME, NAME made
+of its config argument and overrides (`cifar_resnet-20-plain__seed=1`). A rerun skips finished runs (their
+summary.json exists) and resumes unfinished ones from their checkpoints. Then WORKDIR/summary.md, summary.csv
+and summary.png (training loss of every run, final test error of each) gather them.
+--print_commands prints each unfinished run's command instead, to queue anywhere (one per TPU VM, say).
+"""
+import concurrent.futures
+import importlib.util
+import itertools
+import re
+import shlex
+import subprocess
+import sys
+
+from absl import app, flags
+from etils import epath
+
+from cnnjax import cli, metrics
+from cnnjax.experiments import runs
+
+FLAGS = flags.FLAGS
+
+
+def grid(**axes) -> list[dict]:
+  """Every combination of the values of each axis: grid(config=[a, b], seed=[0, 1]) gives 4 runs."""
+  return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+
+
+def load(path: str) -> list[dict]:
+  """The runs of sweep file `path` (`FILE.py[:ARG]`), each checked to name a config."""
+  file, _, arg = path.partition(":")
+  if not epath.Path(file).exists():
+    raise ValueError(f"sweep file {file} does not exist")
+  spec = importlib.util.spec_from_file_location("sweep_file", file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  sweep = module.get_sweep(arg) if arg else module.get_sweep()
+  if not sweep or any("config" not in run for run in sweep):
+    raise ValueError(f"{path}: get_sweep() must return runs, each with a 'config' (configs/NAME.py[:ARG])")
+  names = [run_name(run) for run in sweep]
+  if len(set(names)) < len(names):
+    raise ValueError(f"{path}: some runs are the same run twice: {sorted({n for n in names if names.count(n) > 1})}")
+  return sweep
+
+
+def run_name(run: dict) -> str:
+  """A workdir name from the config and the overrides: cifar_resnet-20-plain__learning_rate=0.05__seed=1."""
+  file, _, arg = run["config"].partition(":")
+  head = epath.Path(file).stem + (f"-{arg.replace(',', '-')}" if arg else "")
+  safe = lambda value: re.sub(r"[^\w.,=+-]", "-", str(value))  # a path or a space in a value: not a folder level
+  return "__".join([head] + [f"{k}={safe(v)}" for k, v in sorted(run.items()) if k != "config"])
+
+
+def command(run: dict, workdir: str, extra=()) -> list[str]:
+  overrides = [f"--config.{k}={','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}" for k, v in sorted(run.items()) if k != "config"]
+  return [sys.executable, "-m", "cnnjax.main", f"--config={run['config']}", *overrides, f"--workdir={workdir}", *extra]
+
+
+def finished(run_dir) -> bool:
+  return (epath.Path(run_dir) / "summary.json").exists()
+
+
+def execute(sweep: list[dict], workdir: str, parallel: int = 1, extra=()) -> list[str]:
+  """Run every unfinished run, `parallel` at a time; returns the names of those that failed.
+
+  The unfinished runs are listed once, at the start, so processes of a multi-host run all step through the
+  same list. With several at a time each run's output goes to WORKDIR/NAME.log (a local workdir).
+  """
+  root = epath.Path(workdir)
+  pending = [run for run in sweep if not finished(root / run_name(run))]
+  for run in sweep:
+    if run not in pending:
+      print(f"{run_name(run)}: finished already", flush=True)
+  if parallel > 1:
+    root.mkdir(parents=True, exist_ok=True)
+
+  def one(run) -> bool:
+    name = run_name(run)
+    print(f"{name}: {'resuming' if (root / name / 'checkpoints').exists() else 'starting'}", flush=True)
+    args = command(run, str(root / name), extra)
+    if parallel == 1:
+      return subprocess.run(args).returncode == 0
+    with open(root / f"{name}.log", "a") as log:
+      code = subprocess.run(args, stdout=log, stderr=subprocess.STDOUT).returncode
+    print(f"{name}: {'done' if code == 0 else f'failed (exit {code}), see {root / name}.log'}", flush=True)
+    return code == 0
+
+  with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+    results = list(pool.map(one, pending))
+  return [run_name(run) for run, ok in zip(pending, results) if not ok]
+
+
+def summarize(sweep: list[dict], workdir: str) -> list[dict]:
+  """summary.md, summary.csv and summary.png in `workdir` from every finished run; returns the table's rows."""
+  root, rows, curves = epath.Path(workdir), [], {}
+  for run in sweep:
+    name = run_name(run)
+    if not finished(root / name):
+      continue
+    errors = runs.final_errors(root / name)
+    rows.append({"run": name, **{k: v for k, v in run.items()}, "final_step": errors["step"],
+                 "train_error": round(errors["train_error"], 2), "test_error": round(errors["test_error"], 2)})  # fmt: skip
+    curves[name] = [(l["step"], l["train_loss"]) for l in metrics.read_metrics(root / name / "metrics.jsonl") if "train_loss" in l]
+  if not rows:
+    return rows
+  columns = list(dict.fromkeys(k for row in rows for k in row))
+  rows = [{c: row.get(c, "") for c in columns} for row in rows]
+  runs.write_csv(root / "summary.csv", rows)
+  table = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+  table += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows]
+  (root / "summary.md").write_text("\n".join(table) + "\n")
+  with metrics.figure(root / "summary.png", 1, 2, figsize=(12, 4.5)) as (loss_ax, error_ax):
+    for name, points in curves.items():
+      loss_ax.plot(*zip(*points), label=name)
+    loss_ax.set(xlabel="step", ylabel="training loss", yscale="log", title="training loss")
+    loss_ax.legend(fontsize=7)
+    error_ax.barh([row["run"] for row in rows], [row["test_error"] for row in rows])
+    error_ax.set(xlabel="test error (%)", title="final test error")
+    error_ax.tick_params(axis="y", labelsize=7)
+  return rows
+
+
+def define_flags():
+  """Defined only when run as a command, so that importing several commands together is safe."""
+  flags.DEFINE_string("sweep", None, "Sweep file, e.g. configs/sweeps/degradation.py[:ARG].")
+  flags.DEFINE_string("workdir", None, "Where each run gets its folder and the summary goes (local or gs://).")
+  flags.DEFINE_integer("parallel", 1, "Runs at a time (each its own process).", lower_bound=1)
+  flags.DEFINE_bool("summary_only", False, "Only gather the finished runs into the summary.")
+  flags.DEFINE_bool("print_commands", False, "Print each unfinished run's cnnjax.main command instead of running it.")
+  flags.mark_flags_as_required(["sweep", "workdir"])
+  cli.define_distributed_flags()  # passed on to every run (a sweep queued on a TPU VM slice: --coordinator_address=auto)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  cli.start()
+  with cli.one_line_errors():
+    sweep = load(FLAGS.sweep)
+  names = ("coordinator_address", "num_processes", "process_id", "distributed_timeout")
+  extra = [f"--{n}={FLAGS[n].value}" for n in names if FLAGS[n].present]
+  if FLAGS.print_commands:
+    for run in sweep:
+      if not finished(epath.Path(FLAGS.workdir) / run_name(run)):
+        print(shlex.join(["python", *command(run, str(epath.Path(FLAGS.workdir) / run_name(run)), extra)[1:]]))
+    return
+  failed = [] if FLAGS.summary_only else execute(sweep, FLAGS.workdir, FLAGS.parallel, extra)
+  rows = summarize(sweep, FLAGS.workdir)
+  print(f"{len(rows)} of {len(sweep)} runs finished; summary in {FLAGS.workdir}/summary.md, summary.csv, summary.png")
+  if failed:
+    sys.exit(f"error: {len(failed)} run(s) failed: {', '.join(failed)}; rerun the same command to resume them")
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

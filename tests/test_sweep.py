@@ -1,0 +1,64 @@
+"""The sweep runner on a tiny grid: two LeNet-5 runs on digits, skipped when finished, resumed when not,
+summarised into one table and plot; and the sweep file the repository ships."""
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cnnjax import sweep
+from test_main import ROOT
+
+TINY = '''from cnnjax.sweep import grid
+
+
+def get_sweep():
+  return grid(config=["configs/lenet5.py"], learning_rate=[0.01, 0.05], num_steps=[4], log_every_steps=[2],
+              eval_every_steps=[2])
+'''
+
+
+def run_sweep(file, workdir, *args, env=None):
+  result = subprocess.run([sys.executable, "-m", "cnnjax.sweep", f"--sweep={file}", f"--workdir={workdir}", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+  assert result.returncode == 0, result.stderr[-2000:]
+  return result.stdout
+
+
+def test_a_sweep_runs_skips_resumes_and_summarises(tmp_path, tfds_dir):
+  file, workdir = tmp_path / "tiny.py", tmp_path / "sweep"
+  file.write_text(TINY)
+  env = {**os.environ, "TFDS_DATA_DIR": str(tfds_dir)}  # the session's prepared digits
+  names = [sweep.run_name(r) for r in sweep.load(str(file))]
+  assert names == [f"lenet5__eval_every_steps=2__learning_rate={lr}__log_every_steps=2__num_steps=4" for lr in (0.01, 0.05)]
+  out = run_sweep(file, workdir, "--parallel=2", env=env)
+  assert all(f"{n}: done" in out for n in names) and "2 of 2 runs finished" in out
+
+  (workdir / names[1] / "summary.json").unlink()  # as if the run had stopped after its last checkpoint
+  out = run_sweep(file, workdir, env=env)
+  assert f"{names[0]}: finished already" in out and f"{names[1]}: resuming" in out
+  assert "resumed at step 4" in out and "2 of 2 runs finished" in out
+
+  rows = list(csv.DictReader((workdir / "summary.csv").open()))
+  assert [r["run"] for r in rows] == names and {r["learning_rate"] for r in rows} == {"0.01", "0.05"}
+  assert all(r["final_step"] == "4" and 0 <= float(r["test_error"]) <= 100 for r in rows)
+  assert len((workdir / "summary.md").read_text().splitlines()) == 2 + 2 and (workdir / "summary.png").stat().st_size > 0
+  assert run_sweep(file, workdir, "--print_commands", env=env).strip() == ""  # nothing left to run
+
+
+def test_the_degradation_sweep_is_the_papers_grid():
+  runs = sweep.load("configs/sweeps/degradation.py:local")
+  assert len(runs) == 4 * 2 * 3  # depths 20-56, plain and residual, three seeds
+  assert {r["config"] for r in runs} >= {"configs/cifar_resnet.py:56,plain,local", "configs/cifar_resnet.py:20,local"}
+  commands = [sweep.command(r, "w") for r in runs]
+  assert all(c[2] == "cnnjax.main" and c[-1] == "--workdir=w" and "--config.seed=" in " ".join(c) for c in commands)
+  with pytest.raises(ValueError, match="write nothing or 'local'"):
+    sweep.load("configs/sweeps/degradation.py:big")
+
+
+def test_grid_and_names():
+  assert sweep.grid(a=[1, 2], b=["x"]) == [{"a": 1, "b": "x"}, {"a": 2, "b": "x"}]
+  assert sweep.run_name({"config": "configs/resnet.py:34,plain", "seed": 1, "learning_rate": 0.05}) == (
+      "resnet-34-plain__learning_rate=0.05__seed=1")
+  assert sweep.run_name({"config": "configs/lenet5.py", "data_dir": "/data/tfds"}) == "lenet5__data_dir=-data-tfds"
