@@ -75,6 +75,8 @@ def execute(sweep: list[dict], workdir: str, parallel: int = 1, extra=()) -> lis
   same list. With several at a time each run's output goes to WORKDIR/NAME.log (a local workdir).
   """
   root = epath.Path(workdir)
+  if parallel > 1 and "://" in workdir:
+    raise ValueError("--parallel runs log to files in a local workdir; on a TPU VM or a cluster, queue the runs instead")
   pending = [run for run in sweep if not finished(root / run_name(run))]
   for run in sweep:
     if run not in pending:
@@ -106,7 +108,7 @@ def summarize(sweep: list[dict], workdir: str) -> list[dict]:
     if not finished(root / name):
       continue
     errors = runs.final_errors(root / name)
-    rows.append({"run": name, **{k: v for k, v in run.items()}, "final_step": errors["step"],
+    rows.append({"run": name, **run, "final_step": errors["step"],
                  "train_error": round(errors["train_error"], 2), "test_error": round(errors["test_error"], 2)})  # fmt: skip
     curves[name] = [(l["step"], l["train_loss"]) for l in metrics.read_metrics(root / name / "metrics.jsonl") if "train_loss" in l]
   if not rows:
@@ -152,9 +154,11 @@ def main(argv):
       if not finished(epath.Path(FLAGS.workdir) / run_name(run)):
         print(shlex.join(["python", *command(run, str(epath.Path(FLAGS.workdir) / run_name(run)), extra)[1:]]))
     return
-  failed = [] if FLAGS.summary_only else execute(sweep, FLAGS.workdir, FLAGS.parallel, extra)
+  with cli.one_line_errors():
+    failed = [] if FLAGS.summary_only else execute(sweep, FLAGS.workdir, FLAGS.parallel, extra)
   rows = summarize(sweep, FLAGS.workdir)
-  print(f"{len(rows)} of {len(sweep)} runs finished; summary in {FLAGS.workdir}/summary.md, summary.csv, summary.png")
+  where = f"summary in {FLAGS.workdir}/summary.md, summary.csv, summary.png" if rows else f"no summary yet in {FLAGS.workdir}"
+  print(f"{len(rows)} of {len(sweep)} runs finished; {where}")
   if failed:
     sys.exit(f"error: {len(failed)} run(s) failed: {', '.join(failed)}; rerun the same command to resume them")
 

@@ -69,7 +69,7 @@ def test_two_processes_train_as_one_process_with_eight_devices_and_resume(tmp_pa
 
 def test_a_lost_process_stops_the_others_within_the_timeout(tmp_path):
   processes = launch(tmp_path, 2, "--config=configs/lenet5.py", "--config.num_steps=100000", "--config.log_every_steps=5",
-                     "--distributed_timeout=10")  # fmt: skip
+                     "--distributed_timeout=5")  # fmt: skip
   metrics = tmp_path / "metrics.jsonl"
   deadline = time.time() + 180
   while not (metrics.exists() and metrics.read_text().strip()) and time.time() < deadline:
@@ -83,5 +83,5 @@ def test_a_lost_process_stops_the_others_within_the_timeout(tmp_path):
     processes[0].kill()
     pytest.fail("the surviving process still waits 90 s after its peer died")
   assert processes[0].returncode != 0
-  # JAX's own words, after --distributed_timeout seconds without the peer's heartbeat (7-11 s here)
+  # JAX's own words, after --distributed_timeout seconds without the peer's heartbeat
   assert "another task died" in err and time.time() - killed < 60
