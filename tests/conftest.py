@@ -4,8 +4,8 @@ import os
 import shutil
 import tempfile
 
-# before anything imports jax: 8 devices, and one persistent compilation cache for the session and the
-# commands it starts, so a program several tests build (LeNet-5's train step, say) compiles once
+# before anything imports jax: 8 devices, and one persistent compilation cache for the session (each xdist
+# worker has its own) and the commands it starts, so a program several tests build compiles once per worker
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="cnnjax-tests-xla-cache-")
 atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
