@@ -123,7 +123,8 @@ def summarize(sweep: list[dict], workdir: str) -> list[dict]:
     for name, points in curves.items():
       loss_ax.plot(*zip(*points), label=name)
     loss_ax.set(xlabel="step", ylabel="training loss", yscale="log", title="training loss")
-    loss_ax.legend(fontsize=7)
+    if len(curves) <= 8:  # beyond that a legend hides the curves; the bars beside name every run
+      loss_ax.legend(fontsize=7)
     error_ax.barh([row["run"] for row in rows], [row["test_error"] for row in rows])
     error_ax.set(xlabel="test error (%)", title="final test error")
     error_ax.tick_params(axis="y", labelsize=7)

