@@ -21,11 +21,11 @@ import time
 
 import jax
 import psutil
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from cnnjax import cli, complexity, data, train
-from cnnjax.config import parse_flags
+from cnnjax import config as config_lib
 
 FLAGS = flags.FLAGS
 
@@ -137,11 +137,10 @@ def main(argv):
   if not FLAGS.compilation_cache:
     jax.config.update("jax_enable_compilation_cache", False)
   cli.start()
-  with cli.one_line_errors(FLAGS["config"].config_filename):
-    report = run(FLAGS.config, FLAGS.input, FLAGS.steps, FLAGS.window)
+  report = run(config_lib.from_command_line(FLAGS["config"]), FLAGS.input, FLAGS.steps, FLAGS.window)
   print(render(report, FLAGS.format))
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main)

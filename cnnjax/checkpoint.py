@@ -3,22 +3,29 @@
     workdir/config.json            the config that made the checkpoints (a different model is refused)
     workdir/checkpoints/<step>/    state (an Orbax PyTree of jax.Arrays) + data (the grain iterator state, JSON)
 
-Saves are asynchronous (training goes on while Orbax writes) and atomic (a step directory appears only
-when complete). Restoring walks back from the newest step: a corrupt one is reported and the previous used.
+Saves are asynchronous (training goes on while Orbax writes) and atomic: a step directory appears only when
+complete, so a save cut short (a full disk, a killed process) leaves a temporary folder that is never taken for
+a checkpoint and is removed when the workdir is next opened. A save that fails stops the run with one line
+naming the cause and the last intact checkpoint. Restoring walks back from the newest step: a corrupt one is
+reported and the previous used.
 """
 import json
 import logging
-import os
 from typing import Callable
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from cnnjax import models
+from cnnjax import workdir as workdir_lib
 
 # The fields that fix the shapes of the parameters: a workdir is only resumed by the same model.
 IDENTITY = ("model", "model_options", "dataset", "image_size", "channels")
+# The fields that fix what a step is (how many examples, in which order): a resume must keep them, or the saved
+# step count and data position would silently mean something else.
+STEP_MEANING = ("batch_size", "seed")
 
 
 def _array_handlers() -> ocp.type_handlers.TypeHandlerRegistry:
@@ -36,47 +43,59 @@ class CheckpointError(RuntimeError):
   """A workdir whose checkpoints cannot be used: the message says why."""
 
 
-class Preempted(RuntimeError):
-  """The run was stopped by SIGTERM after saving a checkpoint."""
-
-
-def _identity(config_dict: dict) -> dict:
-  return {k: config_dict.get(k) for k in IDENTITY}
 
 
 class Checkpointer:
   def __init__(self, workdir: str, config, keep: int = 3, create: bool = True):
-    self.workdir = epath.Path(workdir)
-    if not self.workdir.is_absolute():  # Orbax refuses relative paths; `runs/...` is the default workdir
-      self.workdir = epath.Path(os.path.abspath(workdir))
+    self.workdir = workdir_lib.resolve(workdir)
     self.directory = self.workdir / "checkpoints"
     config_file = self.workdir / "config.json"
     ours = json.loads(config.to_json_best_effort())
     if config_file.exists():
       theirs = json.loads(config_file.read_text())
-      if _identity(theirs) != _identity(ours) and self.directory.exists() and any(self.directory.iterdir()):
-        differ = {k: (theirs.get(k), ours.get(k)) for k in IDENTITY if theirs.get(k) != ours.get(k)}
-        raise CheckpointError(
-            f"{self.workdir} holds checkpoints of another model ({', '.join(f'{k}: {a!r}, not {b!r}' for k, (a, b) in differ.items())}); "
-            "choose another --workdir or remove that one."
-        )
+      if self.directory.exists() and any(self.directory.iterdir()):
+        _refuse_other_runs(self.workdir, theirs, ours)
     elif not create:
       raise CheckpointError(f"{self.workdir} has no config.json: it is not a cnnjax workdir")
     if create and jax.process_index() == 0:
       self.workdir.mkdir(parents=True, exist_ok=True)
-      config_file.write_text(json.dumps(ours, indent=1, sort_keys=True))
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, enable_async_checkpointing=True)
+      workdir_lib.write_text(config_file, json.dumps(ours, indent=1, sort_keys=True))
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, enable_async_checkpointing=True,
+                                           cleanup_tmp_directories=create)  # fmt: skip
     handlers = {"state": ocp.PyTreeCheckpointHandler(type_handler_registry=_array_handlers()), "data": ocp.JsonCheckpointHandler()}
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+    self._saving = None  # the step whose asynchronous save may still be running
+
+  def last_intact(self) -> int | None:
+    """The step a rerun would resume from: the newest completed save (not one that may still be writing)."""
+    return max((s for s in self.manager.all_steps() if s != self._saving), default=None)
+
+  def advice(self, reason: str) -> str:
+    """After a failed write: which checkpoint is intact and what to do, in words."""
+    return workdir_lib.advice(reason, self.directory, self.last_intact())
+
+  def _failed(self, error: Exception, step: int) -> Exception:
+    """A failed save as one WorkdirError (cause, what is intact, what to do); other errors are left as they are."""
+    reason = workdir_lib.storage_reason(error)
+    if reason is None:
+      return error
+    self._saving = step
+    return workdir_lib.WorkdirError(f"cannot save the checkpoint of step {step} in {self.directory}: {reason}. "
+                                    + self.advice(reason))  # fmt: skip
 
   def save(self, step: int, state, data_state: dict):
     """Every process calls this with the same state: Orbax writes it once, collectively, and the data state of
-    process 0 (all hosts read equal-length shards, so their iterator positions are equal)."""
+    process 0 (all hosts read equal-length shards, so their iterator positions are equal). A failure of this
+    save or of the previous (still asynchronous) one raises WorkdirError."""
     if jax.process_count() > 1:  # each host holds a replica on its own devices: one global array for Orbax
       state = jax.tree.map(lambda a: ocp.utils.fully_replicated_host_local_array_to_global_array(a), state)
     # force: the loop decides when to save; Orbax alone would skip a save while the previous one is writing
     args = ocp.args.Composite(state=ocp.args.PyTreeSave(state), data=ocp.args.JsonSave(data_state))
-    self.manager.save(step, args=args, force=True)
+    try:
+      self.manager.save(step, args=args, force=True)
+    except Exception as e:  # Orbax reports the previous save's failure here too
+      raise self._failed(e, self._saving or step) from None
+    self._saving = step
 
   def restore_latest(self, init_fn: Callable, required: bool = False):
     """(state, data iterator state) from the newest readable checkpoint, else (init_fn(), None).
@@ -112,7 +131,42 @@ class Checkpointer:
     raise CheckpointError(f"no readable checkpoint in {self.directory}: " + "; ".join(errors))
 
   def wait(self):
-    self.manager.wait_until_finished()
+    """Block until the last save is on disk; WorkdirError if it failed."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:
+      raise self._failed(e, self._saving) from None
+    self._saving = None
 
   def close(self):
     self.manager.close()
+
+
+def _all_options(config_dict: dict) -> dict:
+  """The model's options as the model sees them: an option at its default is the same whether or not the config
+  listed it (config files list them all since they return through config.finish; older workdirs did not)."""
+  options = dict(config_dict.get("model_options") or {})
+  try:
+    every = models.defaults(config_dict.get("model", ""))
+  except ValueError:  # a model this version does not know: compare what was written
+    return options
+  return {**every, **{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}}
+
+
+def _refuse_other_runs(workdir, theirs: dict, ours: dict):
+  """CheckpointError unless a config may resume the checkpoints another made: same model and same steps."""
+  theirs, ours = (dict(c, model_options=_all_options(c)) for c in (theirs, ours))
+  differ = {k: (theirs.get(k), ours.get(k)) for k in IDENTITY if theirs.get(k) != ours.get(k)}
+  if differ:
+    raise CheckpointError(
+        f"{workdir} holds checkpoints of another model ({', '.join(f'{k}: {a!r}, not {b!r}' for k, (a, b) in differ.items())}); "
+        "choose another --workdir or remove that one."
+    )
+  differ = {k: (theirs.get(k), ours.get(k)) for k in STEP_MEANING if theirs.get(k) != ours.get(k)}
+  if differ:
+    changes = ", ".join(f"{k} {a!r}, not {b!r}" for k, (a, b) in differ.items())
+    keep = " ".join(f"--config.{k}={a}" for k, (a, _) in differ.items())
+    raise CheckpointError(
+        f"{workdir} was trained with {changes}: a resumed step would then mean other examples than the checkpoint's "
+        f"step count and data position describe. Resume with {keep}, or choose another --workdir."
+    )

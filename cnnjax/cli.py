@@ -1,16 +1,18 @@
 """What every training command shares: quiet logs, a persistent compilation cache, errors as one line."""
 import contextlib
+import logging as stdlib_logging
 import os
 import sys
 
 import jax
-from absl import flags, logging
+from absl import app, flags, logging
 
-from cnnjax import checkpoint, data, train
+from cnnjax import checkpoint, data, train, workdir
+from cnnjax.config import parse_flags
 
-# What a user can cause (a bad config or name, a missing dataset, a diverging run, a foreign workdir):
-# reported as one line and a non-zero exit, never a traceback.
-USER_ERRORS = (ValueError, data.DatasetError, train.TrainingDiverged, checkpoint.CheckpointError)
+# What a user can cause (a bad config or name, a missing dataset, a diverging run, a foreign, busy or full
+# workdir): reported as one line and a non-zero exit, never a traceback.
+USER_ERRORS = (ValueError, data.DatasetError, train.TrainingDiverged, checkpoint.CheckpointError, workdir.WorkdirError)
 
 
 def default_cache_dir() -> str:
@@ -25,20 +27,69 @@ def start():
     logging.set_verbosity(logging.WARNING)
   if not jax.config.jax_compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", default_cache_dir())
+  _report_failed_saves_once()
+
+
+def _report_failed_saves_once():
+  """A checkpoint save that fails (a full disk) stops the command with one line (cnnjax.checkpoint). Orbax's
+  threads also log that failure with tracebacks, asyncio logs the tasks Orbax abandoned ('Task exception was
+  never retrieved'), and tensorstore, finishing writes after the event loop of the abandoned save closed, raises
+  'Event loop is closed' where nothing can catch it: all of these repeat the one line, so they are dropped."""
+
+  def not_a_failed_save(record) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return error is None or workdir.storage_reason(error) is None
+
+  for name in ("absl", "asyncio"):
+    stdlib_logging.getLogger(name).addFilter(not_a_failed_save)
+  default_hook = sys.unraisablehook
+
+  def hook(unraisable):
+    if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"):
+      default_hook(unraisable)
+
+  sys.unraisablehook = hook
 
 
 @contextlib.contextmanager
 def one_line_errors(config_path: str = ""):
-  """USER_ERRORS inside become `error: MESSAGE` on stderr and exit status 1. With the command's --config
-  path, a dataset error's offline hint names the `local` variant of that very config."""
+  """USER_ERRORS inside become `error: MESSAGE` on stderr and exit status 1; a run stopped by a signal says
+  where its checkpoint is and exits with the signal's status; Ctrl-C anywhere else stops at once with one
+  line (130). With the command's --config path, a dataset error's offline hint names the `local` variant of
+  that very config."""
   try:
     yield
+  except train.Stopped as e:
+    print(e, file=sys.stderr, flush=True)
+    sys.exit(e.exit_code)
   except USER_ERRORS as e:
     message = f"error: {e}"
     if config_path and isinstance(e, data.DatasetError):
       path, _, arg = config_path.partition(":")
       message = message.replace("configs/NAME.py:local", f"{path}:{arg},local" if arg else f"{path}:local")
     sys.exit(message)
+  except KeyboardInterrupt:
+    stop_at_once("stopped by Ctrl-C")
+
+
+def stop_at_once(message: str, status: int = 130):
+  """Print `message` and end the process now: worker threads (data loading, checkpoint writing) are not waited
+  for, which is what a user who pressed Ctrl-C asks for; whatever was saved completely stays usable."""
+  sys.stdout.flush()
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  os._exit(status)
+
+
+def run(main, config_flag: str = "config"):
+  """`app.run(main)` for a cnnjax command: bad flags, user errors and Ctrl-C end in one line (one_line_errors;
+  a dataset error's hint names the command's own --config, when it has one)."""
+
+  def guarded(argv):
+    config_path = flags.FLAGS[config_flag].config_filename if config_flag in flags.FLAGS else ""
+    with one_line_errors(config_path):
+      return main(argv)
+
+  app.run(guarded, flags_parser=parse_flags)
 
 
 def define_distributed_flags():

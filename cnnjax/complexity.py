@@ -1,6 +1,6 @@
 """Parameters, multiply-adds and depth of any model, read from its traced computation without running it.
 
-The conventions are the papers' and torchvision's (see shared/reference/architectures.md, section 0):
+The conventions are the papers' and torchvision's (docs/reference.md, section 0):
 - parameters are the trainable ones (the 'params' collection): BatchNorm running statistics are buffers;
 - one multiply-add (MAC) is one multiply-accumulate, and only convolutions and matrix products count
   (no bias, norm, activation or pooling). A conv costs out_elements * (in_channels / groups) * k * k,

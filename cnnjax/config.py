@@ -5,11 +5,13 @@ overridden on the command line (`--config.learning_rate=0.05`). Unknown fields a
 type are refused by ml_collections before anything runs.
 """
 import importlib.util
+import math
 import pathlib
 import sys
 
 import ml_collections
 from absl import flags
+from ml_collections import config_flags
 
 # The repository's configs/ folder (cnnjax is installed editable from the repository, as README says).
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
@@ -18,13 +20,14 @@ CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.model = ""
-  c.model_options = ml_collections.ConfigDict()  # any option of the model, e.g. activation, norm, shortcut
+  c.model_options = ml_collections.ConfigDict()  # the model's options; finish() lists them all
   c.dataset = ""
   c.data_dir = ""  # tfds data directory; empty: TFDS_DATA_DIR or ~/tensorflow_datasets
   c.image_size = 224
   c.channels = 3
   c.augment = True
   c.workers = 0  # grain worker processes (image decoding); 0 reads in a background thread
+  c.bad_images = "skip"  # imagefolder: 'skip' files that cannot be decoded, with a warning, or 'stop' at them
   c.seed = 0
 
   c.batch_size = 256  # global, over all devices and hosts
@@ -46,7 +49,8 @@ def base() -> ml_collections.ConfigDict:
   c.warmup_lr = 0.0
   c.label_smoothing = 0.0
   c.aux_loss_weight = 0.3  # GoogLeNet's auxiliary classifiers
-  c.dtype = "float32"  # or bfloat16: bf16 compute, fp32 parameters, fp32 logits and loss
+  c.dtype = "float32"  # or bfloat16: bf16 compute, fp32 parameters, fp32 logits and loss; float64 (checks of the
+  #                     arithmetic itself, with JAX_ENABLE_X64=1): everything in float64
 
   c.log_every_steps = 100
   c.eval_every_epochs = 1.0
@@ -62,6 +66,55 @@ def load(name: str, arg: str = "") -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg) if arg else module.get_config()
+
+
+# (lowest, highest) of the numeric fields; None: unbounded on that side. Where an end is excluded, `validate` says so.
+RANGES = {
+    "image_size": (1, None), "workers": (0, None), "seed": (0, None), "batch_size": (1, None),
+    "num_epochs": (0, None), "num_steps": (0, None), "learning_rate": (0, None), "momentum": (0, 1),
+    "weight_decay": (0, None), "lr_decay_factor": (0, None), "lr_decay_every_epochs": (0, None),
+    "warmup_epochs": (0, None), "warmup_steps": (0, None), "warmup_lr": (0, None), "label_smoothing": (0, 1),
+    "aux_loss_weight": (0, None), "log_every_steps": (1, None), "eval_every_epochs": (0, None),
+    "eval_every_steps": (0, None), "checkpoint_every_steps": (0, None), "keep_checkpoints": (1, None),
+}  # fmt: skip
+CHOICES = {
+    "channels": (1, 3), "schedule": ("constant", "step", "exponential", "cosine"), "warmup_type": ("linear", "constant"),
+    "dtype": ("float32", "bfloat16", "float64"), "bad_images": ("skip", "stop"),
+}  # fmt: skip
+
+
+def validate(c) -> None:
+  """ValueError naming the field for a value no run can use: out of range, not finite, not one of the choices,
+  or nothing to train. (Model options are checked by the model, dataset names by cnnjax.data.)"""
+  for field, (low, high) in RANGES.items():
+    value = c[field]
+    if not math.isfinite(value) or value < low or (high is not None and value >= high):
+      bound = f"at least {low}" + (f" and below {high}" if high is not None else "")
+      raise ValueError(f"{field}={value} is out of range: it must be {bound}")
+  for field, allowed in CHOICES.items():
+    if c[field] not in allowed:
+      raise ValueError(f"unknown {field} {c[field]!r}; valid: {', '.join(map(str, allowed))}")
+  for field in ("lr_decay_epochs", "lr_decay_steps"):
+    if any(not math.isfinite(v) or v < 0 for v in c[field]):
+      raise ValueError(f"{field}={_show(c[field])} must list non-negative numbers")
+  if not (c.num_steps or c.num_epochs):
+    raise ValueError("num_steps and num_epochs are both 0: there is nothing to train")
+  if c.schedule == "exponential" and not c.lr_decay_every_epochs:
+    raise ValueError("schedule 'exponential' needs lr_decay_every_epochs (how often the rate decays)")
+
+
+def finish(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`c` with every option of its model in model_options, at its default unless the config chose it, so that
+  any option can be overridden on the command line (`--config.model_options.widths=(8,16,32)`) and config.json
+  records the whole model. Every config file returns through this."""
+  from cnnjax import models  # here: the flag parser below needs none of it
+
+  every = models.defaults(c.model)
+  unknown = sorted(set(c.model_options) - set(every))
+  if unknown:
+    raise ValueError(f"model {c.model!r} has no option(s) {', '.join(unknown)}; valid: {', '.join(every)}")
+  c.model_options = ml_collections.ConfigDict({**every, **c.model_options})
+  return c
 
 
 def local(c: ml_collections.ConfigDict, image_size: int = 32, batch_size: int = 64, num_epochs: float = 10,
@@ -83,6 +136,88 @@ def local(c: ml_collections.ConfigDict, image_size: int = 32, batch_size: int = 
   c.eval_every_steps = 0
   c.workers = 0
   return c
+
+
+# Fields that set one thing two ways: the `_steps` one wins when set (non-zero), so a config sets one of each
+# pair and leaves the other 0 or ().
+ALTERNATIVES = (
+    ("num_steps", "num_epochs"),
+    ("eval_every_steps", "eval_every_epochs"),
+    ("lr_decay_steps", "lr_decay_epochs"),
+    ("warmup_steps", "warmup_epochs"),
+)
+
+
+def from_command_line(config_flag) -> ml_collections.ConfigDict:
+  """The config a `--config=FILE[:ARG] --config.FIELD=VALUE ...` flag gives, with its overrides meaning what they
+  say (resolve_overrides); its notes are printed."""
+  config = config_flag.value
+  for note in resolve_overrides(config, config_flags.get_override_values(config_flag)):
+    print(f"note: {note}", flush=True)
+  return config
+
+
+def resolve_overrides(config, overridden) -> list[str]:
+  """Make command-line overrides win over the config file, and refuse the ones that would change nothing.
+
+  - Of a pair in ALTERNATIVES, the member given on the command line replaces what the config set for the
+    other (`--config.num_epochs=6` on a config of 64,000 steps trains 6 epochs, and says so); giving both is
+    refused.
+  - An override of a field that the rest of the config makes inert (`--config.warmup_lr` without a constant
+    warm-up, `--config.lr_decay_epochs` on a cosine schedule) is refused, saying why.
+  Returns the notes to show; raises ValueError for what is refused.
+  """
+  overridden, notes = set(overridden), []
+  for steps, epochs in ALTERNATIVES:
+    given = [f for f in (steps, epochs) if f in overridden and config[f]]
+    if len(given) == 2:
+      raise ValueError(f"--config.{steps}={_show(config[steps])} and --config.{epochs}={_show(config[epochs])} "
+                       "set the same thing two ways; give one of them")  # fmt: skip
+    if given:
+      other = epochs if given[0] == steps else steps
+      if config[other] and other == steps:  # steps win when both are set: say so where that is overturned
+        notes.append(f"--config.{epochs}={_show(config[epochs])} replaces the config's {steps}={_show(config[steps])}")
+      config[other] = type(config[other])()  # 0, 0.0 or (): config.json then says what ran
+  for field, why in inert(config).items():
+    if field in overridden:
+      raise ValueError(f"--config.{field}={_show(config[field] if '.' not in field else config.model_options[field.split('.', 1)[1]])} "
+                       f"would change nothing: {why}")  # fmt: skip
+  return notes
+
+
+def _show(value) -> str:
+  return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+
+def inert(config) -> dict[str, str]:
+  """The fields whose value this config ignores, each with the reason."""
+  from cnnjax import data, models  # here: configs import this module, and need neither
+
+  found = {}
+  if config.schedule != "step":
+    for f in ("lr_decay_steps", "lr_decay_epochs"):
+      found[f] = f"the schedule is {config.schedule!r}; decay steps belong to schedule 'step'"
+  if config.schedule not in ("step", "exponential"):
+    found["lr_decay_factor"] = f"the schedule is {config.schedule!r}; the factor belongs to 'step' and 'exponential'"
+  if config.schedule != "exponential":
+    found["lr_decay_every_epochs"] = f"the schedule is {config.schedule!r}, not 'exponential'"
+  if not (config.warmup_steps or config.warmup_epochs):
+    for f in ("warmup_type", "warmup_lr"):
+      found[f] = "there is no warm-up (set warmup_epochs or warmup_steps)"
+  elif config.warmup_type != "constant":
+    found["warmup_lr"] = f"the warm-up is {config.warmup_type!r} (from 0); warmup_lr belongs to warmup_type 'constant'"
+  if not config.momentum:
+    found["nesterov"] = "momentum is 0"
+  aux = "aux_heads" in models.options(config.model) and config.model_options.get("aux_heads", True)
+  if not aux:
+    found["aux_loss_weight"] = f"model {config.model!r} is built without auxiliary classifiers"
+  if data.style(config.dataset) == "small":
+    found["augment"] = f"dataset {config.dataset!r} is never augmented (it is only resized or padded to the model)"
+  if not config.dataset.startswith("imagefolder:"):
+    found["bad_images"] = f"dataset {config.dataset!r} is not an image folder"
+  if not data.uses_data_dir(config.dataset):
+    found["data_dir"] = f"dataset {config.dataset!r} is not read from a tfds data directory"
+  return found
 
 
 def parse_flags(argv):

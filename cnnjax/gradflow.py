@@ -23,7 +23,7 @@ from etils import epath
 from ml_collections import config_flags
 
 from cnnjax import cli, data, metrics, train
-from cnnjax.config import parse_flags
+from cnnjax import config as config_lib
 
 FLAGS = flags.FLAGS
 
@@ -148,8 +148,7 @@ def main(argv):
   cli.start()
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required")
-  with cli.one_line_errors(FLAGS["config"].config_filename):
-    report = run(FLAGS.config, FLAGS.workdir, [int(s) for s in FLAGS.steps])
+  report = run(config_lib.from_command_line(FLAGS["config"]), FLAGS.workdir, [int(s) for s in FLAGS.steps])
   for result in report["steps"]:
     first, last = result["layers"][0], result["layers"][-2 if len(result["layers"]) > 1 else -1]
     print(f"step {result['step']}: first layer {first['name']} |grad| {first['grad_norm']:.3g}, "
@@ -159,4 +158,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main)

@@ -6,13 +6,12 @@ Parses flags and calls cnnjax.train; everything else is importable and tested on
 import datetime
 import os
 import pathlib
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from cnnjax import checkpoint, cli, train
-from cnnjax.config import parse_flags
+from cnnjax import cli, train
+from cnnjax import config as config_lib
 
 FLAGS = flags.FLAGS
 
@@ -38,18 +37,14 @@ def main(argv):
   cli.start_distributed()
   cli.start()
   workdir = FLAGS.workdir or default_workdir(FLAGS["config"].config_filename)
-  try:
-    with cli.one_line_errors(FLAGS["config"].config_filename):
-      if FLAGS.mode == "train":
-        train.train_and_evaluate(FLAGS.config, workdir)
-      else:
-        result = train.evaluate(FLAGS.config, workdir)
-        print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
-  except checkpoint.Preempted as e:
-    print(e, file=sys.stderr)
-    sys.exit(143)  # 128 + SIGTERM, as if the signal had ended the process
+  config = config_lib.from_command_line(FLAGS["config"])
+  if FLAGS.mode == "train":
+    train.train_and_evaluate(config, workdir)
+  else:
+    result = train.evaluate(config, workdir)
+    print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main)

@@ -1,39 +1,76 @@
 """What a run shows and leaves behind: a progress line, metrics.jsonl, TensorBoard events, a curves PNG.
 
-Only the lead process (process 0) writes files; every process may print.
+Only the lead process (process 0) writes files; every process may print. Files are written synchronously,
+one whole record at a time, through cnnjax.workdir (local folders and gs:// alike), so a failed write is an
+error of the run's own thread, reported once, not a background thread's traceback.
 """
 import contextlib
 import json
 import math
+import socket
+import struct
 import sys
 import time
 
 from etils import epath
 
+from cnnjax import workdir as workdir_lib
+
+
+class EventFile:
+  """A TensorBoard event file of scalars (tensorboardX's protocol buffers, framed as TFRecords; no TensorFlow)."""
+
+  def __init__(self, folder, resumed_at: int = 0):
+    from tensorboardX.proto import event_pb2
+
+    self._event = event_pb2.Event
+    folder = epath.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    self.path = folder / f"events.out.tfevents.{time.time():.0f}.{socket.gethostname()}"
+    self._file = workdir_lib.Appender(self.path)
+    first = [self._event(wall_time=time.time(), file_version="brain.Event:2")]
+    if resumed_at:  # TensorBoard drops what earlier event files hold past this step: a lost future of the run
+      restart = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+      first.append(self._event(wall_time=time.time(), step=resumed_at + 1, session_log=restart))
+    self._file.append(b"".join(map(self._record, first)))
+
+  def scalars(self, step: int, values: dict):
+    from tensorboardX.summary import scalar
+
+    now = time.time()
+    self._file.append(b"".join(self._record(self._event(wall_time=now, step=step, summary=scalar(k, v)))
+                               for k, v in values.items()))  # fmt: skip
+
+  @staticmethod
+  def _record(event) -> bytes:
+    from tensorboardX.record_writer import masked_crc32c
+
+    data = event.SerializeToString()
+    header = struct.pack("Q", len(data))
+    return header + struct.pack("I", masked_crc32c(header)) + data + struct.pack("I", masked_crc32c(data))
+
 
 class Writer:
-  """metrics.jsonl (one JSON object per line) and TensorBoard event files (tensorboardX: no TensorFlow)."""
+  """metrics.jsonl (one JSON object per line) and a TensorBoard event file, in the workdir."""
 
-  def __init__(self, workdir: str, is_lead: bool = True):
-    self.workdir = epath.Path(workdir)
+  def __init__(self, workdir: str, is_lead: bool = True, resumed_at: int = 0):
+    """`resumed_at`: the step a resumed run restarts from; what was logged after it (by a run that went on past
+    its last checkpoint before it was stopped) is dropped, so every step appears once."""
+    self.workdir, self.shown = workdir_lib.resolve(workdir), workdir.rstrip("/")
     self.is_lead = is_lead
     self.path = self.workdir / "metrics.jsonl"
-    self._tb = None
     if is_lead:
-      from tensorboardX import SummaryWriter
-
       self.workdir.mkdir(parents=True, exist_ok=True)
-      self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
+      kept = [line for line in read_metrics(self.path) if line["step"] <= resumed_at]
+      workdir_lib.write_text(self.path, "".join(json.dumps(line) + "\n" for line in kept))
+      self._lines = workdir_lib.Appender(self.path)
+      self._events = EventFile(self.workdir / "tensorboard", resumed_at)
 
   def write(self, line: dict):
     if not self.is_lead:
       return
-    with self.path.open("a") as f:
-      f.write(json.dumps(line) + "\n")
-    for key, value in line.items():
-      if key not in ("step", "epoch"):
-        self._tb.add_scalar(key, value, line["step"])
-    self._tb.flush()
+    self._lines.append((json.dumps(line) + "\n").encode())
+    self._events.scalars(line["step"], {k: v for k, v in line.items() if k not in ("step", "epoch")})
 
   def note(self, text: str):
     if self.is_lead:
@@ -42,7 +79,7 @@ class Writer:
   def finish(self, summary: dict):
     """Write the curves PNG and summary.json, and print the summary."""
     if self.is_lead:
-      (self.workdir / "summary.json").write_text(json.dumps(summary, indent=1))
+      workdir_lib.write_text(self.workdir / "summary.json", json.dumps(summary, indent=1))
       plot_curves(self.path, self.workdir / "curves.png")
     parts = [f"final step {summary['final_step']}"]
     if "eval_accuracy" in summary:
@@ -53,21 +90,25 @@ class Writer:
     if not self.is_lead:
       return
     print("done: " + ", ".join(parts), flush=True)
-    print(f"wrote {self.workdir}/: metrics.jsonl, tensorboard/, curves.png, summary.json, checkpoints/", flush=True)
-
-  def close(self):
-    if self._tb is not None:
-      self._tb.close()
+    print(f"wrote {self.shown}/: metrics.jsonl, tensorboard/, curves.png, summary.json, checkpoints/", flush=True)
 
 
 def read_metrics(path) -> list[dict]:
+  """The lines of a metrics.jsonl; a last line cut short (a process killed while writing it) is left out."""
   path = epath.Path(path)
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+  lines = []
+  for text in path.read_text().splitlines() if path.exists() else []:
+    try:
+      lines.append(json.loads(text))
+    except ValueError:
+      continue
+  return lines
 
 
 @contextlib.contextmanager
 def figure(path, *args, **kwargs):
-  """The axes of plt.subplots(*args, **kwargs), drawn off-screen and saved to `path` as a PNG when the block ends."""
+  """The axes of plt.subplots(*args, **kwargs), drawn off-screen and saved to `path` when the block ends (PNG, or
+  what its suffix names: .svg, .pdf)."""
   import matplotlib
 
   matplotlib.use("Agg")
@@ -77,7 +118,9 @@ def figure(path, *args, **kwargs):
   try:
     yield axes
     fig.tight_layout()
-    fig.savefig(str(path), dpi=100)
+    path = epath.Path(path)
+    with path.open("wb") as f:  # through epath: a gs:// workdir too
+      fig.savefig(f, format=path.suffix[1:] or "png", dpi=100)
   finally:
     plt.close(fig)
 

@@ -13,17 +13,21 @@ and summary.png (training loss of every run, final test error of each) gather th
 --print_commands prints each unfinished run's command instead, to queue anywhere (one per TPU VM, say).
 """
 import concurrent.futures
+import contextlib
 import importlib.util
 import itertools
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 
 from absl import app, flags
 from etils import epath
 
-from cnnjax import cli, metrics
+from cnnjax import cli, metrics, train
+from cnnjax import workdir as workdir_lib
 from cnnjax.experiments import runs
 
 FLAGS = flags.FLAGS
@@ -68,11 +72,52 @@ def finished(run_dir) -> bool:
   return (epath.Path(run_dir) / "summary.json").exists()
 
 
+class Children:
+  """The sweep's runs as child processes, each in a session of its own: a Ctrl-C at the terminal reaches the
+  sweep alone, and it passes each signal on once to every live run. So a first Ctrl-C (or SIGTERM) makes every
+  run save a checkpoint and stop, and starts no new one; a second Ctrl-C stops the runs at once."""
+
+  def __init__(self):
+    self.live, self.received = set(), None
+    self._lock = threading.Lock()  # a run starts entirely before or entirely after a signal is passed on
+
+  def run(self, args, **popen) -> int | None:
+    """The run's exit status, or None if the sweep was stopped before it could start."""
+    with self._lock:
+      if self.received is not None:
+        return None
+      process = subprocess.Popen(args, start_new_session=True, **popen)
+      self.live.add(process)
+    try:
+      return process.wait()
+    finally:
+      self.live.discard(process)
+
+  def forward(self, signum, frame):
+    del frame
+    with self._lock:
+      self.received = self.received or signum
+      for process in list(self.live):
+        process.send_signal(signum)
+
+  @contextlib.contextmanager
+  def forwarding(self):
+    previous = {s: signal.signal(s, self.forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+      yield self
+    finally:
+      for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
 def execute(sweep: list[dict], workdir: str, parallel: int = 1, extra=()) -> list[str]:
   """Run every unfinished run, `parallel` at a time; returns the names of those that failed.
 
-  The unfinished runs are listed once, at the start, so processes of a multi-host run all step through the
-  same list. With several at a time each run's output goes to WORKDIR/NAME.log (a local workdir).
+  The sweep owns WORKDIR while it runs (a second sweep there is refused), and each run its own folder. A sweep
+  of multi-host runs (`extra` names a coordinator) runs on every host, so there only the runs claim their
+  folders, each for the whole job. The unfinished runs are listed once, at the start, so processes of a
+  multi-host run all step through the same list. With several at a time each run's output goes to
+  WORKDIR/NAME.log (a local workdir). Stopped by a signal (see Children), it raises train.Stopped.
   """
   root = epath.Path(workdir)
   if parallel > 1 and "://" in workdir:
@@ -81,23 +126,32 @@ def execute(sweep: list[dict], workdir: str, parallel: int = 1, extra=()) -> lis
   for run in sweep:
     if run not in pending:
       print(f"{run_name(run)}: finished already", flush=True)
-  if parallel > 1:
-    root.mkdir(parents=True, exist_ok=True)
+  multihost = any(a.startswith("--coordinator_address") for a in extra)
+  children = Children()
 
-  def one(run) -> bool:
+  def one(run) -> int | None:
     name = run_name(run)
+    if children.received is not None:
+      return None
     print(f"{name}: {'resuming' if (root / name / 'checkpoints').exists() else 'starting'}", flush=True)
     args = command(run, str(root / name), extra)
     if parallel == 1:
-      return subprocess.run(args).returncode == 0
+      return children.run(args)
     with open(root / f"{name}.log", "a") as log:
-      code = subprocess.run(args, stdout=log, stderr=subprocess.STDOUT).returncode
-    print(f"{name}: {'done' if code == 0 else f'failed (exit {code}), see {root / name}.log'}", flush=True)
-    return code == 0
+      code = children.run(args, stdout=log, stderr=subprocess.STDOUT)
+    outcome = {0: "done", 130: "stopped by Ctrl-C", 143: "stopped by SIGTERM"}.get(code, f"failed (exit {code})")
+    print(f"{name}: {outcome}" + ("" if code in (0, 130, 143) else f", see {root / name}.log"), flush=True)
+    return code
 
-  with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-    results = list(pool.map(one, pending))
-  return [run_name(run) for run, ok in zip(pending, results) if not ok]
+  owner = contextlib.nullcontext() if multihost else workdir_lib.claim(root)
+  with owner, children.forwarding(), concurrent.futures.ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+    codes = list(pool.map(one, pending))
+  if children.received is not None:
+    name = "Ctrl-C" if children.received == signal.SIGINT else "SIGTERM"
+    stopped, waiting = sum(c in (130, 143) for c in codes), codes.count(None)
+    raise train.Stopped(f"stopped by {name}: {stopped} run(s) saved a checkpoint and stopped, {waiting} not started; "
+                        "rerun the same command to go on.", 130 if children.received == signal.SIGINT else 143)  # fmt: skip
+  return [run_name(run) for run, code in zip(pending, codes) if code != 0]
 
 
 def summarize(sweep: list[dict], workdir: str) -> list[dict]:
@@ -146,8 +200,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   cli.start()
-  with cli.one_line_errors():
-    sweep = load(FLAGS.sweep)
+  sweep = load(FLAGS.sweep)
   names = ("coordinator_address", "num_processes", "process_id", "distributed_timeout")
   extra = [f"--{n}={FLAGS[n].value}" for n in names if FLAGS[n].present]
   if FLAGS.print_commands:
@@ -155,8 +208,7 @@ def main(argv):
       if not finished(epath.Path(FLAGS.workdir) / run_name(run)):
         print(shlex.join(["python", *command(run, str(epath.Path(FLAGS.workdir) / run_name(run)), extra)[1:]]))
     return
-  with cli.one_line_errors():
-    failed = [] if FLAGS.summary_only else execute(sweep, FLAGS.workdir, FLAGS.parallel, extra)
+  failed = [] if FLAGS.summary_only else execute(sweep, FLAGS.workdir, FLAGS.parallel, extra)
   rows = summarize(sweep, FLAGS.workdir)
   where = f"summary in {FLAGS.workdir}/summary.md, summary.csv, summary.png" if rows else f"no summary yet in {FLAGS.workdir}"
   print(f"{len(rows)} of {len(sweep)} runs finished; {where}")
@@ -166,4 +218,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main, config_flag="")

@@ -5,10 +5,13 @@ The flow of one run: config -> dataset (cnnjax.data) and model (cnnjax.models) -
 pmapped `train_step`s, metrics kept on device and fetched every `log_every_steps` -> padded, masked
 evaluation -> Orbax checkpoints of the state and the data iterator's position -> curves and summary.
 """
+import contextlib
 import dataclasses
 import functools
+import os
 import queue
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -21,9 +24,12 @@ import numpy as np
 import optax
 from flax.training import train_state
 from jax import lax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from cnnjax import checkpoint, data, metrics, models
+from cnnjax import config as config_lib
+from cnnjax import workdir as workdir_lib
 from cnnjax.models.googlenet import AUX_HEADS
 
 AXIS = "batch"
@@ -96,17 +102,18 @@ def unsynchronised(model: nn.Module) -> nn.Module:
   return model.clone(axis_name=None) if hasattr(model, "axis_name") else model
 
 
-def create_train_state(model: nn.Module, optimizer, shape, seed: int) -> TrainState:
-  """Parameters initialised by one jitted init of the model (its BatchNorm unsynchronised: outside pmap)."""
+def create_train_state(model: nn.Module, optimizer, shape, seed: int, dtype=jnp.float32) -> TrainState:
+  """Parameters initialised by one jitted init of the model (its BatchNorm unsynchronised: outside pmap), kept
+  in `dtype`: float32 (also for bfloat16 compute), or float64 where everything runs in float64."""
   local = unsynchronised(model)
 
   @jax.jit
   def init(key):
     params_key, dropout_key = jax.random.split(key)
-    variables = local.init({"params": params_key, "dropout": dropout_key}, jnp.zeros((1, *shape)), train=True)
-    return TrainState.create(
-        apply_fn=model.apply, params=variables["params"], batch_stats=variables.get("batch_stats", {}), tx=optimizer
-    )
+    # a float32 input as the models' float32 parameters expect, also where JAX makes float64 the default (x64)
+    variables = local.init({"params": params_key, "dropout": dropout_key}, jnp.zeros((1, *shape), jnp.float32), train=True)
+    params, batch_stats = jax.tree.map(lambda v: v.astype(dtype), (variables["params"], variables.get("batch_stats", {})))
+    return TrainState.create(apply_fn=model.apply, params=params, batch_stats=batch_stats, tx=optimizer)
 
   return init(jax.random.key(seed))
 
@@ -154,8 +161,9 @@ def train_step(state: TrainState, batch, step_config: StepConfig):
   """One SGD step on this device's share of the batch; gradients and metrics are averaged over devices."""
   cfg = step_config
   images = data.normalize(batch["image"], cfg.mean, cfg.std)
-  # a fresh dropout key per step and device, derived from the seed: resuming needs no saved RNG
-  dropout_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), state.step), lax.axis_index(AXIS))
+  # a fresh dropout key per step, derived from the seed: resuming needs no saved RNG. The same key on every device:
+  # the models' Dropout draws the global batch's mask and keeps each device's rows (models.layers.Dropout)
+  dropout_key = jax.random.fold_in(jax.random.key(cfg.seed), state.step)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   (_, (loss, logits, updates, _)), grads = grad_fn(state.params, state, images, batch["label"], cfg, dropout_key)
   grads = lax.pmean(grads, AXIS)
@@ -275,14 +283,15 @@ class Run:
 def build(config, dataset: data.Dataset | None = None) -> Run:
   """Dataset (the config's, unless given), model, schedule and optimizer; raises ValueError / DatasetError
   for a bad config."""
-  dataset = dataset or data.load(config.dataset, config.data_dir or None)
+  config_lib.validate(config)
+  dataset = dataset or data.load(config.dataset, config.data_dir or None, config.bad_images)
   layout = data.Layout(config.batch_size, jax.local_device_count(), jax.process_index(), jax.process_count())
   steps_per_epoch = max(1, len(dataset.train) // config.batch_size)
   model = create_model(config, dataset.num_classes, axis_name=AXIS)
   lr_fn = create_learning_rate_fn(config, steps_per_epoch)
-  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(config.dtype)
-  if dtype is None:
-    raise ValueError(f"unknown dtype {config.dtype!r}; valid: float32, bfloat16")
+  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}[config.dtype]
+  if dtype == jnp.float64 and not jax.config.jax_enable_x64:
+    raise ValueError("dtype float64 needs JAX's 64-bit mode: set JAX_ENABLE_X64=1")
   mean, std = normalization(dataset, config.channels)
   step_config = StepConfig(model, lr_fn, mean, std, config.label_smoothing, config.aux_loss_weight, dtype, config.seed)
   optimizer = create_optimizer(config, lr_fn)
@@ -290,7 +299,8 @@ def build(config, dataset: data.Dataset | None = None) -> Run:
 
 
 def initial_state(run: Run) -> TrainState:
-  return create_train_state(run.step_config.model, run.optimizer, input_shape(run.config), run.config.seed)
+  master = jnp.float64 if run.step_config.compute_dtype == jnp.float64 else jnp.float32
+  return create_train_state(run.step_config.model, run.optimizer, input_shape(run.config), run.config.seed, master)
 
 
 def evaluate_state(p_eval, state, run: Run) -> dict:
@@ -307,46 +317,135 @@ def evaluate_state(p_eval, state, run: Run) -> dict:
   return result
 
 
-class _Preemption:
-  """Remembers a SIGTERM (a TPU VM preemption) so the loop can checkpoint and stop between steps."""
+class Stopped(RuntimeError):
+  """The run stopped on request (SIGTERM, Ctrl-C) after saving a checkpoint; `exit_code` is the signal's."""
+
+  def __init__(self, message: str, exit_code: int):
+    super().__init__(message)
+    self.exit_code = exit_code
+
+
+class StopRequests:
+  """SIGTERM (a preemption) or a first Ctrl-C: the loop finishes its step, saves a checkpoint and stops.
+  A second Ctrl-C stops the process at once: the last completed checkpoint stays the one to resume from
+  (an unfinished save is never taken for a checkpoint).
+
+  In a run of several processes they must stop at the same step, since saving is collective: there the
+  signal goes to JAX's preemption service, which agrees a step with every process, and Ctrl-C is passed on
+  to it as a SIGTERM."""
+
+  NAMES = {signal.SIGTERM: ("SIGTERM", 143), signal.SIGINT: ("Ctrl-C", 130)}
 
   def __init__(self):
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self.received = None
+    self._previous = {}
+    if threading.current_thread() is not threading.main_thread():
+      return  # signals reach the main thread only: a loop run elsewhere keeps the default handling
+    signals = (signal.SIGTERM, signal.SIGINT) if jax.process_count() == 1 else (signal.SIGINT,)
+    for signum in signals:
+      self._previous[signum] = signal.signal(signum, self._handle)
 
   def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
+    del frame
+    if self.received is not None and signum == signal.SIGINT:
+      sys.stdout.flush()
+      _say("error: stopped at once by a second Ctrl-C; the last completed checkpoint is kept: rerun the same "
+           "command to resume from it.")  # fmt: skip
+      os._exit(130)
+    self.received = self.received or signum
+    if signum == signal.SIGINT:
+      _say("Ctrl-C: stopping after this step with a checkpoint (Ctrl-C again stops at once).")
+      if jax.process_count() > 1:
+        os.kill(os.getpid(), signal.SIGTERM)  # JAX's preemption service agrees the step with the other processes
+
+  def stop_at(self, step: int) -> bool:
+    """Whether to save and stop after `step` (the same answer on every process)."""
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.received is not None
+
+  def stopped(self, step: int, directory) -> Stopped:
+    name, code = self.NAMES[self.received or signal.SIGTERM]
+    return Stopped(f"stopped by {name} at step {step}; checkpoint saved in {directory}. Rerun the same command to "
+                   "resume.", code)  # fmt: skip
 
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+
+
+def _say(text: str):
+  """A line on stderr from a signal handler: os.write, since the interrupted code may be inside a print."""
+  os.write(2, (text + "\n").encode())
+
+
+@contextlib.contextmanager
+def owned(workdir: str, announce=print):
+  """The workdir claimed for this run (cnnjax.workdir): by process 0 for a run of several processes, which all
+  stop if it cannot be claimed. Yields the claim (None on the other processes)."""
+  held, error = None, None
+  if jax.process_index() == 0:
+    try:
+      with workdir_lib.storage_errors():
+        held = workdir_lib.Claim(workdir, jax.process_count()).acquire()
+    except workdir_lib.WorkdirError as e:
+      error = e
+  if jax.process_count() > 1 and not multihost_utils.broadcast_one_to_all(np.int32(error is None)):
+    error = error or workdir_lib.WorkdirBusy(f"{workdir}: process 0 could not claim it (see its message)")
+  if error is not None:
+    raise error
+  if held is not None and held.took_over:
+    announce(f"note: took over {held.workdir} from a run that is gone ({held.took_over})")
+  try:
+    yield held
+  finally:
+    if held is not None:
+      held.release()
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Train `config` in `workdir`, resuming from its latest checkpoint; returns the final summary."""
+  """Train `config` in `workdir`, resuming from its latest checkpoint; returns the final summary.
+
+  The workdir is claimed for the run (a second run on it is refused); a checkpoint is saved every
+  `checkpoint_every_steps` and when SIGTERM or Ctrl-C asks the run to stop (`Stopped`); a write that fails
+  (a full disk) raises WorkdirError naming the last intact checkpoint, a NaN loss TrainingDiverged.
+  """
   start = time.time()
   run = build(config)
-  mesh = device_mesh()
-  ckpt = checkpoint.Checkpointer(workdir, config, keep=config.keep_checkpoints)
+  with owned(workdir) as claim:
+    ckpt = checkpoint.Checkpointer(workdir, config, keep=config.keep_checkpoints)
+    try:
+      with workdir_lib.storage_errors(ckpt.advice):
+        return _train(run, ckpt, claim, workdir, start)
+    finally:
+      with contextlib.suppress(Exception):  # on the way out after an error: the error says what happened
+        ckpt.close()
+
+
+def _train(run: Run, ckpt: checkpoint.Checkpointer, claim, workdir: str, start: float) -> dict:
+  config = run.config
   state, data_state = ckpt.restore_latest(functools.partial(initial_state, run))
-  state = replicate(state, mesh)
+  state = replicate(state, device_mesh())
   step = int(state.step)
   train_iter = iter(data.train_batches(run.dataset, input_shape(config), run.layout, config.seed, config.augment, config.workers))
   if data_state is not None:
     train_iter.set_state(data_state)
-  batches = prefetch_to_device(train_iter, mesh)
   p_train, p_eval = pmapped_steps(run.step_config)
   lead = jax.process_index() == 0  # only process 0 prints and writes metrics, event files and plots
-  writer = metrics.Writer(workdir, is_lead=lead)
+  writer = metrics.Writer(workdir, is_lead=lead, resumed_at=step)
   progress = metrics.Progress(run.total_steps, run.steps_per_epoch, config.batch_size, first_step=step, quiet=not lead)
   eval_every = config.eval_every_steps or max(1, round(config.eval_every_epochs * run.steps_per_epoch))
   log_every = min(config.log_every_steps, eval_every)
   ckpt_every = config.checkpoint_every_steps or eval_every
+  resumed = ""
+  if step:
+    resumed = f"; resumed at step {step}" + (": past this config's last step, nothing to train" if step >= run.total_steps else "")
   writer.note(f"{config.model} on {config.dataset}: {run.total_steps} steps of {config.batch_size} "
               f"({run.steps_per_epoch} per epoch) on {jax.local_device_count()} {jax.devices()[0].platform} device(s); "
-              f"workdir {workdir}" + (f"; resumed at step {step}" if step else ""))  # fmt: skip
-  preemption = _Preemption()
-  pending, data_state, last_eval = [], data_state, {}
+              f"workdir {workdir}{resumed}")  # fmt: skip
+  requests = StopRequests()
+  batches = prefetch_to_device(train_iter, device_mesh())
+  last_eval, pending = {}, []
   try:
     while step < run.total_steps:
       batch, data_state = next(batches)
@@ -354,12 +453,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
       pending.append(step_metrics)
       step += 1
       at_end = step == run.total_steps
-      stop = preemption.requested  # read once: a SIGTERM arriving later in this step is handled at the next
+      # asked once per step (a signal arriving later is seen at the next); at the last step the run just ends
+      stop = requests.stop_at(step) and not at_end
       checkpoint_now = step % ckpt_every == 0 or at_end or stop
       if step % log_every == 0 or checkpoint_now:
+        if claim is not None:
+          claim.check()  # taken over by another run: stop before writing anything
         _log_train(pending, step, run, writer, progress)  # raises TrainingDiverged before anything is saved
         pending = []
-      if step % eval_every == 0 or at_end:
+      if (step % eval_every == 0 or at_end) and not stop:  # a stop request does not wait for an evaluation
         last_eval = evaluate_state(p_eval, state, run)
         writer.write({"step": step, "epoch": step / run.steps_per_epoch, **last_eval})
         progress.eval(step, last_eval)
@@ -367,16 +469,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
         ckpt.save(step, state, data_state)
       if stop:
         ckpt.wait()
-        raise checkpoint.Preempted(f"stopped by SIGTERM at step {step}; checkpoint saved in {ckpt.directory}. "
-                                   "Rerun the same command to resume.")  # fmt: skip
-    if not last_eval:  # resumed after the last step: evaluate what was restored
-      last_eval = evaluate_state(p_eval, state, run)
-  finally:
-    preemption.restore()
+        raise requests.stopped(step, ckpt.directory)
     ckpt.wait()
-    ckpt.close()
-    writer.close()
+  finally:
+    requests.restore()
+    batches.close()
     progress.close()
+  if not last_eval:  # resumed after the last step: evaluate what was restored
+    last_eval = evaluate_state(p_eval, state, run)
   summary = {"final_step": step, **last_eval, "wall_time_s": round(time.time() - start, 1), "workdir": workdir}
   writer.finish(summary)
   return summary

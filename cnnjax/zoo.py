@@ -10,13 +10,12 @@ Nothing is run: every figure comes from the traced computation (see cnnjax/compl
 import csv
 import io
 import json
-import sys
 from typing import NamedTuple
 
 import jax
-from absl import app, flags
+from absl import flags
 
-from cnnjax import complexity, models
+from cnnjax import cli, complexity, models
 from cnnjax.models.blocks import inception_macs
 from cnnjax.models.googlenet import INCEPTION_SPECS
 
@@ -181,15 +180,12 @@ def define_flags():
 def main(argv):
   del argv
   jax.config.update("jax_platforms", "cpu")  # the zoo traces and never runs: leave accelerators alone
-  try:
-    names = FLAGS.model or models.names()
-    for name in names:
-      models.input_shape(name)  # raises, listing the valid names, for an unknown one
-  except ValueError as e:
-    sys.exit(f"error: {e}")
+  names = FLAGS.model or models.names()
+  for name in names:
+    models.input_shape(name)  # raises, listing the valid names, for an unknown one
   print(report(names, FLAGS.breakdown, FLAGS.format))
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -33,4 +33,4 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.local(c, image_size=64, learning_rate=0.01)
   if args - {"torchvision", "local"}:
     raise ValueError(f"unknown alexnet config argument(s) {sorted(args - {'torchvision', 'local'})}; valid: torchvision, local")
-  return c
+  return config.finish(c)

@@ -34,4 +34,4 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.local(c, image_size=32, learning_rate=0.02)
   if args - {"torchvision", "local"}:
     raise ValueError(f"unknown googlenet config argument(s) {sorted(args - {'torchvision', 'local'})}; valid: torchvision, local")
-  return c
+  return config.finish(c)

@@ -30,4 +30,4 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.num_epochs = 20
   elif arg not in ("", "local"):
     raise ValueError(f"unknown lenet5 config argument {arg!r}; valid: mnist, local")
-  return c
+  return config.finish(c)

@@ -25,8 +25,6 @@ def get_config(arg: str = "50") -> ml_collections.ConfigDict:
     raise ValueError(f"resnet config argument {arg!r}: write DEPTH[,plain][,local] with DEPTH 18, 34, 50, 101 or 152")
   c = config.base()
   c.model = ("plain" if "plain" in args else "resnet") + depth
-  c.model_options.stride_in = "v1"  # v1.5: the stride in the 3x3 conv (torchvision)
-  c.model_options.remat = "none"  # norms | blocks: recompute in the backward pass, for memory
   c.dataset = "imagenet2012"
   c.batch_size = 256
   c.learning_rate = 0.1
@@ -35,4 +33,4 @@ def get_config(arg: str = "50") -> ml_collections.ConfigDict:
   c.lr_decay_epochs = (30, 60)
   if "local" in args:
     config.local(c, image_size=32, learning_rate=0.05)
-  return c
+  return config.finish(c)

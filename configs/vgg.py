@@ -32,4 +32,4 @@ def get_config(arg: str = "16") -> ml_collections.ConfigDict:
   if "local" in args:
     c.model_options.global_pool = True  # 512 inputs to fc6 instead of 25,088
     config.local(c, image_size=32, learning_rate=0.01)
-  return c
+  return config.finish(c)

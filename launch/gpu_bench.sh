@@ -8,8 +8,7 @@
 #
 # Writes OUT_DIR/results.jsonl (one JSON object per run: cnnjax.bench's report, or the PyTorch run's with
 # "framework": "pytorch") and OUT_DIR/log.txt, and prints a table at the end. A run that fails is logged and
-# the next one starts. Environment: PYTHON (default python3), TORCH_REFERENCE (the peer's model definitions,
-# default ../shared/bench/torch_reference.py; without it or without a CUDA PyTorch the PyTorch runs are skipped),
+# the next one starts; without a CUDA PyTorch the PyTorch runs are skipped. Environment: PYTHON (default python3),
 # WORKERS (grain processes decoding JPEGs, default: the CPU count less 2).
 set -uo pipefail
 
@@ -20,17 +19,16 @@ log=$out/log.txt
 : >"$results"
 : >"$log"
 py=${PYTHON:-python3}
-torch_reference=${TORCH_REFERENCE:-../shared/bench/torch_reference.py}
 workers=${WORKERS:-$(($(nproc) > 3 ? $(nproc) - 2 : 1))}
 images_dir=$(mktemp -d)
 trap 'rm -rf "$images_dir"' EXIT
 
 if [[ ${QUICK:-0} == 1 ]]; then
   r50=(--config.batch_size=8 --config.image_size=64)
-  cifar_batch=16 images=40 classes=4 timing=(--steps=2 --window=1) torch_steps=2
+  cifar_batch=16 images=40 classes=4 timing=(--steps=2 --window=1) torch_timing=(--steps=2 --window=1 --warmup=1)
 else
   r50=(--config.batch_size=256)
-  cifar_batch=1024 images=5000 classes=1000 timing=(--steps=50 --window=10) torch_steps=10
+  cifar_batch=1024 images=5000 classes=1000 timing=(--steps=50 --window=10) torch_timing=(--steps=50 --window=10 --warmup=5)
 fi
 
 # The JPEG files for the real pipeline are written while the first runs compile.
@@ -45,48 +43,10 @@ bench() {  # cnnjax.bench with the given config and overrides; its JSON line goe
   fi
 }
 
-torch_peer() {  # MODEL BATCH: PyTorch eager, AMP bf16, channels_last, SGD momentum, on the GPU
+torch_peer() {  # MODEL BATCH: the PyTorch peer (cnnjax/bench_torch.py), AMP bf16, channels_last, on the GPU
   echo "== pytorch $*" | tee -a "$log"
-  "$py" - "$torch_reference" "$1" "$2" "$torch_steps" >>"$results" 2>>"$log" <<'EOF' || echo "   skipped or failed (see log.txt)"
-import importlib.util, json, statistics, sys, time
-import torch
-import torch.nn.functional as F
-
-path, name, batch, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-if not torch.cuda.is_available():
-    sys.exit("no CUDA device for PyTorch")
-spec = importlib.util.spec_from_file_location("torch_reference", path)
-reference = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(reference)
-model, classes, size = reference.build(name)
-model = model.cuda().to(memory_format=torch.channels_last).train()
-torch.backends.cudnn.benchmark = True
-optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-x = torch.randn(batch, 3, size, size, device="cuda").to(memory_format=torch.channels_last)
-y = torch.randint(0, classes, (batch,), device="cuda")
-
-def step():
-    optimizer.zero_grad(set_to_none=True)
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        loss = F.cross_entropy(model(x), y)
-    loss.backward()
-    optimizer.step()
-
-for _ in range(5):
-    step()
-torch.cuda.synchronize()
-windows = []
-for _ in range(5):
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    torch.cuda.synchronize()
-    windows.append((time.perf_counter() - start) / steps)
-ms = statistics.median(windows) * 1e3
-print(json.dumps({"framework": "pytorch", "model": name, "input": "fake", "batch": batch, "dtype": "bfloat16",
-                  "device_kind": torch.cuda.get_device_name(), "torch": torch.__version__,
-                  "step_ms": round(ms, 2), "img_per_s": round(batch / ms * 1e3, 1)}))
-EOF
+  "$py" -m cnnjax.bench_torch --model="$1" --batch="$2" --device=cuda --dtype=bfloat16 "${torch_timing[@]}" \
+    >>"$results" 2>>"$log" || echo "   skipped or failed (see log.txt)"
 }
 
 { date; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1; nproc

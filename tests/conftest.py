@@ -5,8 +5,12 @@ import shutil
 import tempfile
 
 # before anything imports jax: 8 devices, and one persistent compilation cache for the session (each xdist
-# worker has its own) and the commands it starts, so a program several tests build compiles once per worker
-os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+# worker has its own) and the commands it starts, so a program several tests build compiles once per worker.
+# LLVM's optimisation of the compiled code is switched off for the suite (and the commands it starts): the tests'
+# programs are tiny and run a few steps, so compiling dominates (one family's test took 40 s with it, 23 s
+# without), while what they check (shapes, values, bit-identical reruns of the same program) does not depend on it.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+                           " --xla_backend_optimization_level=0")  # fmt: skip
 os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="cnnjax-tests-xla-cache-")
 atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 

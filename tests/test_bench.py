@@ -1,9 +1,12 @@
 """`python -m cnnjax.bench` runs and reports every field; the speed figures themselves belong in docs/performance.md."""
+import json
 import os
 import subprocess
 import sys
 
-from cnnjax import bench
+import pytest
+
+from cnnjax import bench, bench_torch
 from cnnjax.data.throughput import imagenet_like
 from test_main import ROOT
 from test_train import load_config
@@ -18,7 +21,7 @@ def test_reports_every_field_for_the_step_alone_and_fed(tfds_dir):
     assert FIELDS <= set(report) and report["input"] == input_kind and report["devices"] == 8
     assert report["img_per_s"] > 0 and abs(report["img_per_s"] * report["step_ms"] / 1e3 - 32) < 0.5
     assert report["backend"] == "cpu" and report["mfu"] is None  # no known peak for a CPU
-    assert report["train_flops_per_image"] == 6 * 326_520  # LeNet-5, partial C3: 326,520 MACs (reference, section 1)
+    assert report["train_flops_per_image"] == 6 * 326_520  # LeNet-5, partial C3: 326,520 MACs (docs/reference.md, section 1)
 
 
 def test_real_input_from_jpeg_files_whose_test_split_is_one_batch(tmp_path):
@@ -40,3 +43,32 @@ def test_an_unprepared_dataset_names_the_offline_variant_of_the_config(tmp_path)
                           capture_output=True, text=True, env=env, cwd=ROOT, check=False)  # fmt: skip
   assert result.returncode == 1 and "Traceback" not in result.stderr
   assert "imagenet2012" in result.stderr and "--config=configs/resnet.py:50,local" in result.stderr
+
+
+# Parameters and multiply-adds of the networks as cnnjax builds them (docs/reference.md, sections 5 and 6)
+@pytest.mark.parametrize("name,stride_in,params,macs", [
+    ("resnet20", "v1", 269_722, 40_551_040),
+    ("resnet56", "v1", 853_018, 125_485_696),
+    ("resnet50", "v1", 25_557_032, 3_857_973_248),
+    ("resnet50", "v1.5", 25_557_032, 4_089_184_256),
+])  # fmt: skip
+def test_the_pytorch_peer_builds_the_networks_cnnjax_builds(name, stride_in, params, macs):
+  torch = pytest.importorskip("torch", reason="the PyTorch peer needs torch: pip install -e '.[torch]'")
+  from torch.utils.flop_counter import FlopCounterMode
+
+  model, classes, size = bench_torch.build(name, stride_in)
+  with FlopCounterMode(display=False) as counter:
+    model.eval()(torch.zeros(1, 3, size, size))
+  assert sum(p.numel() for p in model.parameters()) == params
+  assert counter.get_total_flops() == 2 * macs  # PyTorch counts a multiply-add as 2 FLOPs
+
+
+def test_the_pytorch_peer_reports_a_step_as_cnnjax_bench_does():
+  pytest.importorskip("torch", reason="the PyTorch peer needs torch: pip install -e '.[torch]'")
+  result = subprocess.run([sys.executable, "-m", "cnnjax.bench_torch", "--model=resnet20", "--batch=8", "--steps=2",
+                           "--window=1", "--warmup=1"], capture_output=True, text=True, check=True, cwd=ROOT)  # fmt: skip
+  report = json.loads(result.stdout)
+  assert report["framework"] == "pytorch" and report["batch"] == 8 and report["params"] == 269_722
+  assert report["img_per_s"] > 0 and report["peak_rss_mb"] > 0
+  bad = subprocess.run([sys.executable, "-m", "cnnjax.bench_torch", "--model=resnet21"], capture_output=True, text=True)
+  assert bad.returncode == 1 and bad.stderr.startswith("error: unknown model 'resnet21'") and "Traceback" not in bad.stderr

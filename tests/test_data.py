@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 from hypothesis import given, settings, strategies as st
 
 from cnnjax import data
@@ -100,13 +101,57 @@ def test_image_folder_errors(tmp_path):
     data.load(f"imagefolder:{tmp_path / 'x'}")
   write_images(tmp_path / "y", {"cat": 2})
   (tmp_path / "y" / "dog").mkdir()
-  with pytest.raises(data.DatasetError, match="without PNG/JPEG files: dog"):
+  with pytest.raises(data.DatasetError, match="without image files: dog"):
     data.load(f"imagefolder:{tmp_path / 'y'}")
-  (tmp_path / "y" / "dog" / "broken.png").write_bytes(b"not a png")
-  d = data.load(f"imagefolder:{tmp_path / 'y'}")
-  broken = next(i for i in range(len(d.train)) if d.train.files[i][0].endswith("broken.png"))
-  with pytest.raises(data.DatasetError, match="cannot decode image .*broken.png"):
-    d.train[broken]
+
+
+def _photo(path, size=(40, 30), **save):
+  Image.fromarray(np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), np.uint8)).save(path, **save)
+
+
+def test_image_folders_read_every_format_pillow_reads_and_list_other_files(tmp_path, capsys):
+  folder = tmp_path / "a"
+  folder.mkdir()
+  for i, suffix in enumerate((".jpg", ".JPEG", ".png", ".webp", ".bmp", ".gif", ".tif", ".ppm")):
+    _photo(folder / f"{i}{suffix}")
+  (folder / "notes.txt").write_text("labels were checked")
+  (folder / ".DS_Store").write_bytes(b"\0")
+  d = data.load(f"imagefolder:{tmp_path}")
+  assert len(d.train) + len(d.test) == 8  # every image format, not the text file or the hidden one
+  assert all(d.train[i]["image"].shape == (30, 40, 3) and d.train[i]["image"].dtype == np.uint8 for i in range(len(d.train)))
+  assert "1 file(s) that are not images left out: " in capsys.readouterr().err
+
+
+def test_unreadable_image_files_are_reported_together_then_left_out_or_stop_the_run(tmp_path, capsys):
+  write_images(tmp_path, {"cat": 3, "dog": 3})
+  (tmp_path / "dog" / "empty.png").write_bytes(b"")
+  (tmp_path / "cat" / "text.jpg").write_text("not a jpeg")
+  d = data.load(f"imagefolder:{tmp_path}")
+  err = capsys.readouterr().err
+  assert "2 of 8 files cannot be read as images, left out: " in err and "empty.png" in err and "text.jpg" in err
+  assert len(d.train) + len(d.test) == 6
+  with pytest.raises(data.DatasetError, match="2 of 8 files cannot be read as images: .*bad_images='skip'"):
+    data.load(f"imagefolder:{tmp_path}", bad_images="stop")
+
+
+def test_a_truncated_jpeg_is_skipped_with_a_warning_or_stops_the_run(tmp_path, capsys):
+  (tmp_path / "train" / "cat").mkdir(parents=True)
+  (tmp_path / "test" / "cat").mkdir(parents=True)
+  for i in range(3):
+    _photo(tmp_path / "train" / "cat" / f"{i}.jpg", size=(64, 48), quality=90)
+  _photo(tmp_path / "test" / "cat" / "0.jpg")
+  whole = (tmp_path / "train" / "cat" / "1.jpg").read_bytes()
+  (tmp_path / "train" / "cat" / "1.jpg").write_bytes(whole[: len(whole) // 2])  # the header reads, the data is cut
+  d = data.load(f"imagefolder:{tmp_path}")
+  assert len(d.train) == 3  # the start-up check reads headers only: this file passes it
+  stand_in = d.train[1]["image"]
+  np.testing.assert_array_equal(stand_in, d.train[2]["image"])  # the next file stands in, the batch keeps its size
+  assert capsys.readouterr().err.count("1.jpg: image file is truncated") == 1
+  d.train[1]
+  assert capsys.readouterr().err == ""  # reported once
+  strict = data.load(f"imagefolder:{tmp_path}", bad_images="stop")
+  with pytest.raises(data.DatasetError, match=r"cannot decode image .*1\.jpg: image file is truncated"):
+    strict.train[1]
 
 
 @settings(deadline=None, max_examples=25)

@@ -3,11 +3,16 @@ import json
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 import pytest
 
 from cnnjax import train
 from cnnjax.experiments import auxiliary, cost, degradation
+from conftest import write_images
 
 
 def test_degradation_uses_the_papers_recipe_on_cifar10_and_a_short_one_offline():
@@ -21,15 +26,15 @@ def test_degradation_uses_the_papers_recipe_on_cifar10_and_a_short_one_offline()
 def test_degradation_trains_every_net_once_and_writes_its_figure_and_table(local_cifar10, tmp_path, capsys):
   # the paper's path (cifar10 through tfds), on the 24-image CIFAR-10 written in tfds's format for the tests
   tiny = {"data_dir": local_cifar10, "num_steps": 3, "log_every_steps": 1, "eval_every_steps": 3, "batch_size": 8}
-  rows = degradation.run("cifar10", [8, 14], str(tmp_path), **tiny)
-  assert [r["run"] for r in rows] == ["plain8-s0", "plain14-s0", "resnet8-s0", "resnet14-s0"]
+  rows = degradation.run("cifar10", [8], str(tmp_path), **tiny)
+  assert [r["run"] for r in rows] == ["plain8-s0", "resnet8-s0"]
   assert all(r["step"] == 3 and 0 <= r["train_error"] <= 100 and 0 <= r["test_error"] <= 100 for r in rows)
   assert json.loads((tmp_path / "degradation.json").read_text()) == rows
   assert (tmp_path / "degradation.csv").read_text().splitlines()[0] == "run,net,depth,residual,seed,step,train_error,test_error"
   assert (tmp_path / "degradation.png").read_bytes()[:4] == b"\x89PNG"
   capsys.readouterr()
-  assert degradation.run("cifar10", [8, 14], str(tmp_path), **tiny) == rows  # rerun: nothing retrained
-  assert capsys.readouterr().out.count("finished already") == 4
+  assert degradation.run("cifar10", [8], str(tmp_path), **tiny) == rows  # rerun: nothing retrained
+  assert capsys.readouterr().out.count("finished already") == 2
 
 
 def test_cost_reproduces_the_papers_figures_and_writes_its_figures(tmp_path):
@@ -53,9 +58,13 @@ def test_cost_reproduces_the_papers_figures_and_writes_its_figures(tmp_path):
   assert "| vgg19 | 19,632,062,464 | 5.39x |" in cost.markdown(tables)
 
 
-def test_auxiliary_heads_add_gradient_to_the_lower_layers(tfds_dir, tmp_path):
-  tiny = {"data_dir": tfds_dir, "num_steps": 2, "log_every_steps": 1, "eval_every_steps": 2, "batch_size": 16}
-  results = {r["run"]: r for r in auxiliary.run(str(tmp_path), **tiny)}
+def test_auxiliary_heads_add_gradient_to_the_lower_layers(tmp_path):
+  # the experiment's own path (two trainings, four gradient profiles, the files) on a 16-image folder: GoogLeNet's
+  # programs are what cost here, and a test split of 4 images keeps its evaluations short
+  write_images(tmp_path / "images", {"train/cat": 5, "train/dog": 5, "test/cat": 2, "test/dog": 2})
+  tiny = {"dataset": f"imagefolder:{tmp_path / 'images'}", "num_steps": 2, "log_every_steps": 1, "eval_every_steps": 2,
+          "batch_size": 8}  # fmt: skip
+  results = {r["run"]: r for r in auxiliary.run(str(tmp_path / "w"), **tiny)}
   assert list(results) == ["with_aux-s0", "without_aux-s0"]
   with_aux, without = results["with_aux-s0"], results["without_aux-s0"]
   stages = [p["stage"] for p in with_aux["gradients_at_init"]]
@@ -67,13 +76,47 @@ def test_auxiliary_heads_add_gradient_to_the_lower_layers(tfds_dir, tmp_path):
   for stage in auxiliary.LOWER_STAGES + ("inception_4a",):
     assert at_init[stage][0] > 1.05 * at_init[stage][1]
   assert all(r["step"] == 2 for r in results.values())
+  assert results["with_aux-s0"]["gradients_at_end"] != results["with_aux-s0"]["gradients_at_init"]  # it trained
+  assert (tmp_path / "w" / "auxiliary.png").read_bytes()[:4] == b"\x89PNG"
+  assert (tmp_path / "w" / "auxiliary.csv").read_text().splitlines()[0].startswith("run,aux_heads,seed,step,train_error,test_error")
+
+
+def test_the_auxiliary_losses_weigh_0_3_each_and_read_inception_4a_and_4d():
+  """Section 5: heads "put on top of the output of the Inception (4a) and (4d) modules", their losses "added to the
+  total loss of the network with a discount weight (the losses of the auxiliary classifiers were weighted by 0.3)"."""
   config = auxiliary.run_config(aux_heads=True)
-  config.update(tiny)
-  setup = train.build(config)
-  before, after = train.initial_state(setup).params, train.latest_state(setup, str(tmp_path / "with_aux-s0")).params
-  assert "aux_4a" in after and all(jax.tree.leaves(jax.tree.map(lambda a, b: bool((a != b).any()), before, after)))
-  assert (tmp_path / "auxiliary.png").read_bytes()[:4] == b"\x89PNG"
-  assert (tmp_path / "auxiliary.csv").read_text().splitlines()[0].startswith("run,aux_heads,seed,step,train_error,test_error")
+  model = train.create_model(config, num_classes=10)
+  images = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+  labels = jnp.array([0, 3, 5, 9])
+  variables = jax.jit(lambda x: model.init({"params": jax.random.key(1), "dropout": jax.random.key(2)}, x, train=True))(images)
+  state = train.TrainState.create(apply_fn=model.apply, params=variables["params"], batch_stats={}, tx=optax.sgd(0.1))
+  cfg = train.StepConfig(model, lambda step: 0.1, (0.0,) * 3, (1.0,) * 3, aux_loss_weight=0.3)
+
+  @jax.jit
+  def objective_and_inputs(params):
+    heads_read = {}
+
+    def record(next_fun, args, kwargs, context):
+      if context.module.name in ("aux_4a", "aux_4d") and context.method_name == "__call__":
+        heads_read[context.module.name] = args[0]
+      return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+      objective, (_, logits, _, out) = train.loss_fn(params, state, images, labels, cfg, jax.random.key(3))
+    return objective, logits, out, heads_read
+
+  objective, logits, out, heads_read = objective_and_inputs(state.params)
+
+  def cross_entropy(z):  # by hand, in float64
+    z = np.asarray(z, np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(4), np.asarray(labels)]))
+
+  expected = cross_entropy(logits) + 0.3 * (cross_entropy(out["aux_4a"]) + cross_entropy(out["aux_4d"]))
+  assert float(objective) == pytest.approx(expected, rel=1e-5)
+  assert abs(expected - cross_entropy(logits)) > 0.1  # the auxiliary terms are large enough for the check to see them
+  np.testing.assert_array_equal(heads_read["aux_4a"], out["inception_4a"])
+  np.testing.assert_array_equal(heads_read["aux_4d"], out["inception_4d"])
 
 
 def test_a_bad_list_flag_is_one_clear_line_and_a_non_zero_exit():

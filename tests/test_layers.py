@@ -76,7 +76,7 @@ def test_adaptive_pool_equals_block_mean_when_the_grid_divides(grid, block, seed
 
 
 def test_adaptive_pool_windows_follow_pytorch():
-  # 14 -> 4: PyTorch's windows are [0:4], [3:7], [7:11], [10:14] (reference, section 4.2)
+  # 14 -> 4: PyTorch's windows are [0:4], [3:7], [7:11], [10:14] (docs/reference.md, section 4)
   x = jnp.arange(14.0)[None, :, None, None] * jnp.ones((1, 1, 14, 1))
   y = adaptive_avg_pool(x, 4)[0, :, 0, 0]
   np.testing.assert_allclose(y, [1.5, 4.5, 8.5, 11.5])

@@ -1,4 +1,5 @@
-"""`python -m cnnjax.main` as a user runs it: the quickstart, resuming after SIGKILL, SIGTERM, bad input."""
+"""`python -m cnnjax.main` as a user runs it: the quickstart; stops (SIGKILL, SIGTERM, Ctrl-C) and resumes; one run per
+workdir; full and read-only disks; bad input."""
 import json
 import os
 import pathlib
@@ -26,14 +27,14 @@ def run(*args, timeout=300, env=None):
 
 def test_quickstart_end_to_end(tfds_dir, tmp_path):
   workdir = tmp_path / "run"
-  result = run("--config=configs/lenet5.py", "--config.num_epochs=4", f"--config.data_dir={tfds_dir}", f"--workdir={workdir}")
+  result = run("--config=configs/lenet5.py", "--config.num_epochs=2", f"--config.data_dir={tfds_dir}", f"--workdir={workdir}")
   assert result.returncode == 0, result.stderr
-  assert "done: final step 184, test accuracy" in result.stdout
+  assert "done: final step 92, test accuracy" in result.stdout
   lines = metrics.read_metrics(workdir / "metrics.jsonl")
   train_lines = [l for l in lines if "train_loss" in l]
   eval_lines = [l for l in lines if "eval_loss" in l]
   assert {"step", "epoch", "train_loss", "train_accuracy", "learning_rate", "img_per_s"} <= set(train_lines[0])
-  assert {"step", "epoch", "eval_loss", "eval_accuracy"} <= set(eval_lines[0]) and len(eval_lines) == 4
+  assert {"step", "epoch", "eval_loss", "eval_accuracy"} <= set(eval_lines[0]) and len(eval_lines) == 2
   assert eval_lines[-1]["eval_accuracy"] > 0.85 and train_lines[-1]["train_loss"] < train_lines[0]["train_loss"]
   assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
   assert (workdir / "curves.png").read_bytes()[:4] == b"\x89PNG"
@@ -47,33 +48,6 @@ def _final_params(workdir, step):
   return ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")["params"]
 
 
-def test_killed_run_resumes_to_bit_identical_parameters(tfds_dir, tmp_path):
-  args = ["--config=configs/lenet5.py", f"--config.data_dir={tfds_dir}", "--config.num_steps=60", "--config.batch_size=16",
-          "--config.checkpoint_every_steps=10", "--config.log_every_steps=5", "--config.eval_every_steps=1000"]  # fmt: skip
-  straight = run(*args, f"--workdir={tmp_path / 'straight'}")
-  assert straight.returncode == 0, straight.stderr
-  killed = tmp_path / "killed"
-  with open(tmp_path / "log", "w") as log:
-    process = subprocess.Popen(main(*args, f"--workdir={killed}"), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    deadline = time.time() + 240
-    while time.time() < deadline and process.poll() is None:
-      done = [int(p.name) for p in (killed / "checkpoints").glob("*") if p.name.isdigit()] if (killed / "checkpoints").exists() else []
-      if done and max(done) >= 20:
-        process.send_signal(signal.SIGKILL)
-        break
-      time.sleep(0.05)
-    process.wait()
-  assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed mid-way"
-  resumed = run(*args, f"--workdir={killed}")
-  assert resumed.returncode == 0, resumed.stderr
-  assert "resumed at step" in resumed.stdout
-  a, b = _final_params(tmp_path / "straight", 60), _final_params(killed, 60)
-  a, b = list(_leaves(a)), list(_leaves(b))
-  assert len(a) == len(b) == 16  # LeNet-5's parameter tensors
-  for x, y in zip(a, b):
-    np.testing.assert_array_equal(x, y)
-
-
 def _leaves(tree):
   if isinstance(tree, dict):
     for key in sorted(tree):
@@ -82,19 +56,121 @@ def _leaves(tree):
     yield np.asarray(tree)
 
 
-def test_sigterm_saves_a_checkpoint_and_exits(tfds_dir, tmp_path):
-  args = ["--config=configs/lenet5.py", f"--config.data_dir={tfds_dir}", "--config.num_steps=100000", "--config.batch_size=16",
-          "--config.log_every_steps=5", "--config.eval_every_steps=100000", f"--workdir={tmp_path}"]  # fmt: skip
-  process = subprocess.Popen(main(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+# A small net with BatchNorm and dropout (VGG-11 with BN, thin), so a resume must restore the BatchNorm statistics
+# and reproduce the dropout masks to end bit for bit where an uninterrupted run ends.
+TINY_VGG = ["--config=configs/vgg.py:11,bn,local", "--config.model_options.widths=4,4,8,8,8",
+            "--config.model_options.fc_width=16", "--config.image_size=16", "--config.batch_size=16"]  # fmt: skip
+
+
+def _interrupt(args, workdir, at_step: int, signals, log) -> subprocess.Popen:
+  """Run cnnjax.main until it logs `at_step`, then send `signals` (one after another); returns the ended process."""
+  process = subprocess.Popen(main(*args, f"--workdir={workdir}"), stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
   for line in process.stdout:
-    if line.startswith("step 10/"):
-      process.send_signal(signal.SIGTERM)
+    if line.startswith(f"step {at_step}/"):
+      for signum in signals:
+        process.send_signal(signum)
+        time.sleep(0.02)
       break
-  out, err = process.communicate(timeout=120)
-  assert process.returncode == 143, err
-  assert "stopped by SIGTERM at step" in err and "Rerun the same command to resume" in err
-  stopped_at = int(err.split("stopped by SIGTERM at step ")[1].split(";")[0])
-  assert stopped_at >= 10 and (tmp_path / "checkpoints" / str(stopped_at) / "state").is_dir()
+  process.communicate(timeout=120)
+  return process
+
+
+def test_runs_stopped_or_killed_at_random_points_resume_to_bit_identical_parameters(tfds_dir, tmp_path):
+  """SIGKILL, SIGTERM, Ctrl-C and a double Ctrl-C, each at a random step, each followed by the same command:
+  the run ends with the parameters and BatchNorm statistics of a run that was never interrupted."""
+  args = [*TINY_VGG, f"--config.data_dir={tfds_dir}", "--config.num_steps=40", "--config.checkpoint_every_steps=4",
+          "--config.log_every_steps=1", "--config.eval_every_steps=1000"]  # fmt: skip
+  straight = run(*args, f"--workdir={tmp_path / 'straight'}")
+  assert straight.returncode == 0, straight.stderr
+  rng = np.random.default_rng(int(time.time()))
+  cuts = sorted(rng.choice(np.arange(3, 37), 4, replace=False))
+  events = [(signal.SIGKILL,), (signal.SIGTERM,), (signal.SIGINT,), (signal.SIGINT, signal.SIGINT)]
+  rng.shuffle(events)
+  workdir, log = tmp_path / "interrupted", open(tmp_path / "log", "w")
+  done = 0
+  for at_step, signals in zip(cuts, events):
+    if at_step <= done:  # the resumed run starts after its last checkpoint: interrupt it a step later
+      at_step = done + 1
+    process = _interrupt(args, workdir, at_step, signals, log)
+    what = f"{'+'.join(s.name for s in signals)} at step {at_step} (steps {cuts})"
+    expected = {signal.SIGKILL: -9, signal.SIGTERM: 143, signal.SIGINT: 130}[signals[0]]
+    assert process.returncode == expected, what
+    saved = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
+    if signals in ((signal.SIGTERM,), (signal.SIGINT,)):  # a checkpoint of the step it stopped at
+      assert max(saved) >= at_step, what
+    done = max(saved, default=0)
+  log.close()
+  errors = (tmp_path / "log").read_text()
+  assert "stopped by SIGTERM at step" in errors and "stopped by Ctrl-C at step" in errors, errors
+  assert "stopped at once by a second Ctrl-C" in errors and "Traceback" not in errors, errors
+  resumed = run(*args, f"--workdir={workdir}")
+  assert resumed.returncode == 0, resumed.stderr
+  a, b = list(_leaves(_final_params(tmp_path / "straight", 40))), list(_leaves(_final_params(workdir, 40)))
+  stats = [ocp.StandardCheckpointer().restore(w / "checkpoints" / "40" / "state")["batch_stats"] for w in (tmp_path / "straight", workdir)]
+  assert len(a) == len(b) == 38  # VGG-11: 8 convs with a bias and BatchNorm (4 tensors each), fc6-fc8 (2 each)
+  for x, y in zip(a + list(_leaves(stats[0])), b + list(_leaves(stats[1]))):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_a_second_run_on_a_workdir_is_refused_until_the_first_is_gone(tfds_dir, tmp_path):
+  args = ["--config=configs/lenet5.py", f"--config.data_dir={tfds_dir}", "--config.batch_size=16",
+          "--config.log_every_steps=2", "--config.eval_every_steps=100000", f"--workdir={tmp_path}"]  # fmt: skip
+  first = subprocess.Popen(main(*args, "--config.num_steps=100000"), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                           text=True, cwd=ROOT)  # fmt: skip
+  for line in first.stdout:
+    if line.startswith("step "):
+      break
+  second = run(*args, "--config.num_steps=4")
+  assert second.returncode == 1 and "Traceback" not in second.stderr
+  assert f"is in use by another run: process {first.pid} on host" in second.stderr, second.stderr
+  first.kill()
+  first.wait()
+  third = run(*args, "--config.num_steps=4")
+  assert third.returncode == 0, third.stderr
+  assert f"note: took over {tmp_path} from a run that is gone (process {first.pid}" in third.stdout
+  assert "its process no longer exists" in third.stdout and "done: final step 4" in third.stdout
+
+
+def namespace_script(tmp_path, script: str) -> subprocess.CompletedProcess:
+  """Run a bash script as root of a user and mount namespace of its own, where it can mount a small tmpfs: a full
+  or read-only disk for real, without touching the machine's."""
+  if subprocess.run(["unshare", "-Urm", "true"], capture_output=True).returncode != 0:
+    pytest.skip("this machine does not let a process make a user namespace (unshare -Urm), needed to mount a tmpfs")
+  path = tmp_path / "script.sh"
+  path.write_text(f"set -u\ncd {ROOT}\n{script}")
+  return subprocess.run(["unshare", "-Urm", "bash", str(path)], capture_output=True, text=True, timeout=400)
+
+
+def test_a_full_disk_stops_with_one_line_and_the_rerun_resumes_once_there_is_room(tfds_dir, tmp_path):
+  disk, out = tmp_path / "disk", tmp_path / "out"
+  disk.mkdir(), out.mkdir()
+  args = " ".join(["--config=configs/lenet5.py", f"--config.data_dir={tfds_dir}", "--config.num_steps=40",
+                   "--config.checkpoint_every_steps=8", "--config.keep_checkpoints=10", "--config.log_every_steps=8",
+                   f"--workdir={disk}/w"])  # fmt: skip
+  # a LeNet-5 checkpoint (parameters and momentum) takes about 0.5 MB: 1.3 MB hold two of them, not five
+  result = namespace_script(tmp_path, f"""
+mount -t tmpfs -o size=1300k tmpfs {disk}
+python -m cnnjax.main {args} > {out}/full.out 2> {out}/full.err; echo $? > {out}/full.rc
+ls {disk}/w/checkpoints > {out}/full.ls
+mount -o remount,size=20m {disk}
+python -m cnnjax.main {args} > {out}/room.out 2> {out}/room.err; echo $? > {out}/room.rc
+ls {disk}/w/checkpoints > {out}/room.ls
+mkdir -p {tmp_path}/ro && mount -t tmpfs -o ro tmpfs {tmp_path}/ro
+python -m cnnjax.main {args.replace(str(disk), str(tmp_path / "ro"))} > {out}/ro.out 2> {out}/ro.err; echo $? > {out}/ro.rc
+""")
+  assert result.returncode == 0, result.stderr
+  read = lambda name: (out / name).read_text()
+  error = read("full.err").strip()
+  assert read("full.rc").strip() == "1" and len(error.splitlines()) == 1, error  # one line, no traceback
+  saved = sorted(int(n) for n in read("full.ls").split() if n.isdigit())
+  assert error.startswith(f"error: cannot save the checkpoint of step {max(saved) + 8} in {disk}/w/checkpoints: "
+                          f"No space left on device. The last intact checkpoint is step {max(saved)} ({disk}/w/checkpoints/"
+                          f"{max(saved)}): free some space and rerun the same command to resume from it."), error  # fmt: skip
+  assert any("orbax-checkpoint-tmp" in n for n in read("full.ls").split())  # the unfinished save's leftovers ...
+  assert read("room.rc").strip() == "0", read("room.err")
+  assert f"resumed at step {max(saved)}" in read("room.out") and "done: final step 40" in read("room.out")
+  assert not any("tmp" in n for n in read("room.ls").split())  # ... are removed, never taken for a checkpoint
+  assert read("ro.rc").strip() == "1" and read("ro.err").strip() == f"error: cannot write {tmp_path}/ro/w: Read-only file system."
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,11 @@ import pytest
 
 from test_main import ROOT
 
-STEPS = ["--config=configs/lenet5.py", "--config.num_steps=6", "--config.log_every_steps=3", "--config.eval_every_steps=3"]
+# float64 (JAX_ENABLE_X64 below): then one process and two agree to summation order, and a tight bound can tell a
+# real difference. VGG-11 with BatchNorm, thin: BatchNorm statistics and dropout masks must follow the global batch.
+STEPS = ["--config=configs/vgg.py:11,bn,local", "--config.model_options.widths=4,4,8,8,8", "--config.model_options.fc_width=16",
+         "--config.image_size=16", "--config.batch_size=16", "--config.dtype=float64", "--config.num_steps=6",
+         "--config.log_every_steps=3", "--config.eval_every_steps=3"]  # fmt: skip
 
 
 def free_port() -> int:
@@ -26,7 +30,8 @@ def free_port() -> int:
 
 def launch(workdir, processes: int, *args, port: int = 0):
   """`processes` cnnjax.main processes sharing 8 CPU devices among them."""
-  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // processes}"}
+  env = {**os.environ, "JAX_ENABLE_X64": "1",
+         "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // processes} --xla_backend_optimization_level=0"}
   distributed = [f"--coordinator_address=127.0.0.1:{port or free_port()}", f"--num_processes={processes}"]
   return [
       subprocess.Popen([sys.executable, "-m", "cnnjax.main", f"--workdir={workdir}", *args,
@@ -43,33 +48,37 @@ def finish(processes, timeout=240):
   return outputs
 
 
-def params(workdir, step):
-  """The saved parameters as numpy arrays (readable whatever devices saved them)."""
+def state(workdir, step):
+  """The saved parameters and BatchNorm statistics as numpy arrays (readable whatever devices saved them)."""
   path = os.path.join(workdir, "checkpoints", str(step), "state")
   checkpointer = ocp.PyTreeCheckpointer()
   metadata = checkpointer.metadata(path)
   tree = getattr(getattr(metadata, "item_metadata", metadata), "tree", metadata)
   args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-  return checkpointer.restore(path, restore_args=args)["params"]
+  saved = checkpointer.restore(path, restore_args=args)
+  return {"params": saved["params"], "batch_stats": saved["batch_stats"]}
 
 
-def test_two_processes_train_as_one_process_with_eight_devices_and_resume(tmp_path):
+def test_two_processes_train_as_one_process_with_eight_devices_and_resume(tfds_dir, tmp_path):
   one, two = tmp_path / "one", tmp_path / "two"
-  finish(launch(one, 1, *STEPS) + launch(two, 2, *STEPS))
-  a, b = params(one, 6), params(two, 6)
-  assert jax.tree.structure(a) == jax.tree.structure(b)
+  steps = [*STEPS, f"--config.data_dir={tfds_dir}"]
+  finish(launch(one, 1, *steps) + launch(two, 2, *steps))
+  a, b = state(one, 6), state(two, 6)
+  assert jax.tree.structure(a) == jax.tree.structure(b) and "batch_stats" in a
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
-  (out0, _), (out1, _) = finish(launch(two, 2, *STEPS[:1], "--config.num_steps=9", *STEPS[2:]))  # resumes at 6
+    assert x.dtype == np.float64
+    np.testing.assert_allclose(x, y, rtol=0, atol=1e-12)  # entries of scale 1: a bug moves them by far more
+  longer = [s for s in steps if not s.startswith("--config.num_steps")] + ["--config.num_steps=9"]
+  (out0, _), (out1, _) = finish(launch(two, 2, *longer))  # resumes at 6
   ours = ("resumed at step", "eval at step", "done: final step", "wrote ")  # gloo's C++ prints on every process
   assert "resumed at step 6" in out0 and not any(line in out1 for line in ours)  # only process 0 prints
   summary = json.loads((two / "summary.json").read_text())
   assert summary["final_step"] == 9 and sorted(p.name for p in (two / "checkpoints").iterdir()) == ["3", "6", "9"]
 
 
-def test_a_lost_process_stops_the_others_within_the_timeout(tmp_path):
+def test_a_lost_process_stops_the_others_within_the_timeout(tfds_dir, tmp_path):
   processes = launch(tmp_path, 2, "--config=configs/lenet5.py", "--config.num_steps=100000", "--config.log_every_steps=5",
-                     "--distributed_timeout=5")  # fmt: skip
+                     f"--config.data_dir={tfds_dir}", "--distributed_timeout=5")  # fmt: skip
   metrics = tmp_path / "metrics.jsonl"
   deadline = time.time() + 180
   while not (metrics.exists() and metrics.read_text().strip()) and time.time() < deadline:

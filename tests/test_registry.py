@@ -1,4 +1,6 @@
 """Building models by name: the errors a user sees for bad names, options and inputs."""
+import jax
+import jax.numpy as jnp
 import pytest
 
 from cnnjax import complexity, models
@@ -20,7 +22,8 @@ def test_depths_that_are_not_6n_plus_2_are_refused(name):
 
 
 def test_cifar_names_for_any_6n_plus_2_depth():
-  assert complexity.count_params(models.create("resnet1202"), (32, 32, 3)) == 19_421_274  # Table 6: 19.4M
+  # its parameters: tests/test_model_sizes.py (Table 6: 19.4M)
+  assert models.create("resnet1202").stage_sizes == (200, 200, 200) and models.create("plain62").stage_sizes == (10, 10, 10)
   # 50 and 152 are ImageNet ResNets; the CIFAR nets of those depths have their own names
   assert models.input_shape("resnet50") == (224, 224, 3)
   assert models.input_shape("cifar_resnet50") == (32, 32, 3)
@@ -63,3 +66,16 @@ def test_num_classes_sets_the_classifier():
   variables = complexity.abstract_variables(model, (32, 32, 3))
   assert variables["params"]["fc8"]["kernel"].shape == (4096, 37)
   assert variables["params"]["fc6"]["kernel"].shape == (512, 4096)  # the cheap head for small inputs
+
+
+@pytest.mark.parametrize("name", ["lenet5", "alexnet", "vgg11_bn", "googlenet", "resnet18", "resnet20"])
+def test_models_stay_float32_where_jax_defaults_to_float64(name):
+  # JAX_ENABLE_X64=1 (float64 checks, some users' environments) makes Python floats and flax's initialisers float64
+  shape = (32, 32, 1) if name == "lenet5" else (64, 64, 3)
+  model = models.create(name, num_classes=10)
+  with jax.enable_x64(True):
+    x = jax.ShapeDtypeStruct((2, *shape), jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, train=True), x)
+    (logits, out), _ = jax.eval_shape(lambda v, x: model.apply(v, x, train=True, rngs={"dropout": jax.random.key(2)},
+                                                               mutable=["batch_stats"]), variables, x)  # fmt: skip
+  assert {a.dtype for a in jax.tree.leaves((variables, logits, out))} == {jnp.dtype("float32")}

@@ -6,11 +6,13 @@
 - `imagefolder:/path`: the user's PNG/JPEG files, one sub-folder per class, under train/ and test/;
 - `fake` or `fake:HxWxC:CLASSES`: random images, for benchmarks.
 """
+import concurrent.futures
 import contextlib
 import dataclasses
 import logging
 import os
 import pathlib
+import sys
 from typing import Any, Sequence
 
 import numpy as np
@@ -46,6 +48,18 @@ PREPARE = {
 }
 
 
+def style(name: str) -> str:
+  """How dataset `name` is preprocessed ('cifar', 'imagenet' or 'small'), known without reading it."""
+  if name in TFDS:
+    return TFDS[name].style
+  return "imagenet" if name.startswith("imagefolder:") else "small"
+
+
+def uses_data_dir(name: str) -> bool:
+  """Whether dataset `name` is read from a tfds data directory (the config's data_dir)."""
+  return name in TFDS or name == "digits"
+
+
 class DatasetError(ValueError):
   """A dataset that cannot be read as asked: the message says why and what to do."""
 
@@ -59,14 +73,15 @@ class Dataset:
   spec: Spec
 
 
-def load(name: str, data_dir: str | None = None) -> Dataset:
-  """The dataset called `name` (see NAMES); raises DatasetError with what to do when it cannot."""
+def load(name: str, data_dir: str | None = None, bad_images: str = "skip") -> Dataset:
+  """The dataset called `name` (see NAMES); raises DatasetError with what to do when it cannot. `bad_images`:
+  what an image folder does with files that cannot be decoded, 'skip' (with a warning) or 'stop'."""
   if name == "digits":
     return _digits(data_dir)
   if name in TFDS:
     return _tfds(name, data_dir)
   if name.startswith("imagefolder:"):
-    return _image_folder(name.split(":", 1)[1])
+    return _image_folder(name.split(":", 1)[1], bad_images=bad_images)
   if name == "fake" or name.startswith("fake:"):
     return _fake(name)
   raise DatasetError(f"unknown dataset {name!r}; valid: {', '.join(NAMES)}")
@@ -123,7 +138,7 @@ def _digits(data_dir: str | None) -> Dataset:
   source = builder.as_data_source()
   images = np.stack([source["train"][i]["image"] for i in range(len(source["train"]))]).astype(np.float64)
   stats = (tuple(images.mean(axis=(0, 1, 2)).tolist()), tuple(images.std(axis=(0, 1, 2)).tolist()))
-  return Dataset("digits", source["train"], source["test"], 10, Spec("small", stats))
+  return Dataset("digits", source["train"], source["test"], 10, Spec(style("digits"), stats))
 
 
 class ArraySource:
@@ -170,59 +185,128 @@ def _fake(name: str) -> Dataset:
     except (ValueError, AssertionError):
       raise DatasetError(f"cannot read {name!r}: write fake:HxWxC:CLASSES, e.g. fake:224x224x3:1000") from None
   stats = ((127.5,) * shape[2], (73.6,) * shape[2])  # uniform over 0..255
-  return Dataset(name, FakeSource(10_000, shape, classes, 0), FakeSource(1_000, shape, classes, 1), classes, Spec("small", stats))
+  return Dataset(name, FakeSource(10_000, shape, classes, 0), FakeSource(1_000, shape, classes, 1), classes, Spec(style(name), stats))
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+BAD_IMAGES = ("skip", "stop")
+
+
+def image_suffixes() -> frozenset[str]:
+  """Every file suffix Pillow can read: .png, .jpg, .jpeg, .webp, .bmp, .tif, .gif, .ppm, ..."""
+  from PIL import Image
+
+  Image.init()
+  return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 
 
 class ImageFiles:
-  """Image files decoded on access to uint8 RGB."""
+  """Image files decoded on access to uint8 RGB (a multi-frame GIF or TIFF gives its first frame).
 
-  def __init__(self, files: Sequence[tuple[str, int]]):
-    self.files = list(files)
+  A file that cannot be decoded (a truncated JPEG) stops the run with bad_images='stop'; with 'skip' it is
+  reported once and the next file in the list stands in for it, so a batch keeps its size and a rerun reads
+  the same examples."""
+
+  def __init__(self, files: Sequence[tuple[str, int]], bad_images: str = "skip"):
+    self.files, self.bad_images = list(files), bad_images
+    self._reported = set()
 
   def __len__(self):
     return len(self.files)
 
   def __getitem__(self, i) -> dict[str, Any]:
-    from PIL import Image, UnidentifiedImageError
-
-    path, label = self.files[i]
-    try:
-      with Image.open(path) as image:
-        return {"image": np.asarray(image.convert("RGB")), "label": label}
-    except (UnidentifiedImageError, OSError) as e:
-      raise DatasetError(f"cannot decode image {path}: {e}") from None
-
-
-def _class_files(folder: pathlib.Path) -> dict[str, list[str]]:
-  return {
-      d.name: sorted(str(f) for f in d.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-      for d in sorted(folder.iterdir())
-      if d.is_dir()
-  }
+    for k in range(len(self.files)):
+      path, label = self.files[(i + k) % len(self.files)]
+      try:
+        return {"image": decode_image(path), "label": label}
+      except DatasetError as e:
+        if self.bad_images == "stop":
+          raise DatasetError(f"{e} (the config's bad_images='skip' skips such files instead)") from None
+        if path not in self._reported:
+          self._reported.add(path)
+          print(f"warning: {e}; skipped, the next file stands in for it", file=sys.stderr, flush=True)
+    raise DatasetError(f"none of the {len(self.files)} images can be decoded")
 
 
-def _image_folder(path: str, test_fraction: float = 0.1) -> Dataset:
-  """One sub-folder per class under path/train and path/test, or directly under path (then a fixed
-  10% of each class is held out for test)."""
+def decode_image(path: str) -> np.ndarray:
+  """One image file as uint8 RGB; DatasetError naming the file and the cause if it cannot be read."""
+  from PIL import Image
+
+  try:
+    with Image.open(path) as image:
+      return np.asarray(image.convert("RGB"))
+  except Exception as e:  # a damaged file can fail anywhere in a decoder (OSError, ValueError, a decompression bomb...)
+    raise DatasetError(f"cannot decode image {path}: {e}") from None
+
+
+def _readable_header(path: str) -> str | None:
+  """None if Pillow recognises the file's header (cheap: nothing is decoded), else why not."""
+  from PIL import Image
+
+  try:
+    with Image.open(path):
+      return None
+  except Exception as e:  # as decode_image
+    return str(e) or type(e).__name__
+
+
+def _class_files(folder: pathlib.Path, suffixes, others: list) -> dict[str, list[str]]:
+  """{class: its image files} for each sub-folder; files of other suffixes go to `others` (hidden ones aside)."""
+  classes = {}
+  for d in sorted(folder.iterdir()):
+    if d.is_dir():
+      files = sorted(f for f in d.rglob("*") if f.is_file() and not f.name.startswith("."))
+      classes[d.name] = [str(f) for f in files if f.suffix.lower() in suffixes]
+      others.extend(str(f) for f in files if f.suffix.lower() not in suffixes)
+  return classes
+
+
+def _drop_unreadable(splits: list[dict[str, list[str]]], root, bad_images: str):
+  """Check every file's header once, in parallel; report the unreadable ones together, then leave them out
+  ('skip') or stop ('stop'). A file whose header reads but whose data is cut short is found when it is decoded."""
+  files = [f for split in splits for c in split.values() for f in c]
+  with concurrent.futures.ThreadPoolExecutor(16) as pool:
+    bad = {f: why for f, why in zip(files, pool.map(_readable_header, files)) if why}
+  if not bad:
+    return
+  listing = "; ".join(f"{f}: {why}" for f, why in list(bad.items())[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+  if bad_images == "stop":
+    raise DatasetError(f"image folder {root}: {len(bad)} of {len(files)} files cannot be read as images: {listing} "
+                       "(the config's bad_images='skip' leaves them out instead)")  # fmt: skip
+  print(f"warning: image folder {root}: {len(bad)} of {len(files)} files cannot be read as images, left out: "
+        f"{listing}", file=sys.stderr, flush=True)  # fmt: skip
+  for split in splits:
+    for c in split:
+      split[c] = [f for f in split[c] if f not in bad]
+
+
+def _image_folder(path: str, test_fraction: float = 0.1, bad_images: str = "skip") -> Dataset:
+  """One sub-folder per class under path/train and path/test, or directly under path (then a fixed 10% of each
+  class is held out for test). Every format Pillow reads counts as an image; other files are listed and left
+  out, and files that are not readable images are handled as `bad_images` says (see _drop_unreadable)."""
+  if bad_images not in BAD_IMAGES:
+    raise ValueError(f"unknown bad_images {bad_images!r}; valid: {', '.join(BAD_IMAGES)}")
   root = pathlib.Path(os.path.expanduser(path))
   if not root.is_dir():
     raise DatasetError(f"image folder {root} does not exist")
+  suffixes, others = image_suffixes(), []
   if (root / "train").is_dir():
-    train, test = _class_files(root / "train"), _class_files(root / "test") if (root / "test").is_dir() else None
+    train = _class_files(root / "train", suffixes, others)
+    test = _class_files(root / "test", suffixes, others) if (root / "test").is_dir() else None
     if test is not None and set(train) != set(test):
       raise DatasetError(
           f"the class folders of {root / 'train'} and {root / 'test'} differ: only in train: "
           f"{sorted(set(train) - set(test)) or 'none'}; only in test: {sorted(set(test) - set(train)) or 'none'}"
       )
   else:
-    train, test = _class_files(root), None
+    train, test = _class_files(root, suffixes, others), None
+  if others:
+    print(f"note: image folder {root}: {len(others)} file(s) that are not images left out: "
+          f"{', '.join(others[:5])}{' ...' if len(others) > 5 else ''}", file=sys.stderr, flush=True)  # fmt: skip
+  _drop_unreadable([train] + ([test] if test is not None else []), root, bad_images)
   classes = sorted(train)
   empty = [c for c in classes if not train[c]]
   if not classes or empty:
-    what = f"class folders without PNG/JPEG files: {', '.join(empty)}" if classes else "no class sub-folders"
+    what = f"class folders without image files: {', '.join(empty)}" if classes else "no class sub-folders"
     raise DatasetError(f"image folder {root} has {what}; expected CLASS/*.png or train/CLASS/*.jpg ...")
   if test is None:
     rng = np.random.default_rng(0)
@@ -233,4 +317,5 @@ def _image_folder(path: str, test_fraction: float = 0.1) -> Dataset:
       test[c], train[c] = files[:held], files[held:]
   label = {c: i for i, c in enumerate(classes)}
   pairs = lambda split: [(f, label[c]) for c in classes for f in split[c]]
-  return Dataset(f"imagefolder:{root}", ImageFiles(pairs(train)), ImageFiles(pairs(test)), len(classes), Spec("imagenet"))
+  files = (ImageFiles(pairs(split), bad_images) for split in (train, test))
+  return Dataset(f"imagefolder:{root}", *files, len(classes), Spec(style("imagefolder:")))

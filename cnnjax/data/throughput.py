@@ -12,10 +12,10 @@ import tempfile
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from PIL import Image
 
-from cnnjax import data
+from cnnjax import cli, data
 from cnnjax.data.sources import IMAGENET_STATS, TFDS, ArraySource, Dataset, Spec, _image_folder
 
 FLAGS = flags.FLAGS
@@ -81,4 +81,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

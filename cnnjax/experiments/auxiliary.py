@@ -17,11 +17,12 @@ iterations).
 import json
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from etils import epath
 
 from cnnjax import config as config_lib
 from cnnjax import cli, gradflow, metrics, train
+from cnnjax import workdir as workdir_lib
 from cnnjax.experiments import runs
 
 FLAGS = flags.FLAGS
@@ -55,23 +56,24 @@ def run(workdir: str, seeds=(0,), data_dir: str = "", **overrides) -> list[dict]
   """Train (or skip, or resume) both variants per seed, measure their gradients, write the outputs."""
   workdir = epath.Path(workdir)
   results = []
-  for aux_heads in (True, False):
-    for seed in seeds:
-      name = f"{'with' if aux_heads else 'without'}_aux-s{seed}"
-      config = run_config(aux_heads, seed)
-      config.data_dir = data_dir
-      config.update(overrides)
-      runs.train_once(config, workdir / name)
-      setup = train.build(config)
-      probe = next(gradflow.training_stream(setup))
-      results.append({
-          "run": name, "aux_heads": aux_heads, "seed": seed, **runs.final_errors(workdir / name),
-          "gradients_at_init": gradient_profile(train.initial_state(setup), probe, setup),
-          "gradients_at_end": gradient_profile(train.latest_state(setup, str(workdir / name)), probe, setup),
-      })  # fmt: skip
-  (workdir / "auxiliary.json").write_text(json.dumps(results, indent=1))
-  runs.write_csv(workdir / "auxiliary.csv", [csv_row(r) for r in results])
-  plot(workdir, results)
+  with workdir_lib.claim(workdir):  # one experiment per workdir; each run also owns its own folder
+    for aux_heads in (True, False):
+      for seed in seeds:
+        name = f"{'with' if aux_heads else 'without'}_aux-s{seed}"
+        config = run_config(aux_heads, seed)
+        config.data_dir = data_dir
+        config.update(overrides)
+        runs.train_once(config, workdir / name)
+        setup = train.build(config)
+        probe = next(gradflow.training_stream(setup))
+        results.append({
+            "run": name, "aux_heads": aux_heads, "seed": seed, **runs.final_errors(workdir / name),
+            "gradients_at_init": gradient_profile(train.initial_state(setup), probe, setup),
+            "gradients_at_end": gradient_profile(train.latest_state(setup, str(workdir / name)), probe, setup),
+        })  # fmt: skip
+    (workdir / "auxiliary.json").write_text(json.dumps(results, indent=1))
+    runs.write_csv(workdir / "auxiliary.csv", [csv_row(r) for r in results])
+    plot(workdir, results)
   return results
 
 
@@ -128,12 +130,11 @@ def define_flags():
 def main(argv):
   del argv
   cli.start()
-  with cli.one_line_errors():
-    results = run(FLAGS.workdir, [int(s) for s in FLAGS.seeds], FLAGS.data_dir)
+  results = run(FLAGS.workdir, [int(s) for s in FLAGS.seeds], FLAGS.data_dir)
   print(summary_table(results))
   print(f"\nwrote {FLAGS.workdir}/auxiliary.png, auxiliary.json, auxiliary.csv")
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -17,10 +17,10 @@ import json
 from typing import NamedTuple
 
 import jax
-from absl import app, flags
+from absl import flags
 from etils import epath
 
-from cnnjax import complexity, metrics, models, zoo
+from cnnjax import cli, complexity, metrics, models, zoo
 
 FLAGS = flags.FLAGS
 
@@ -40,7 +40,7 @@ class Entry(NamedTuple):
   model: str = ""
 
 
-# Only results printed in the papers of the zoo's networks (see shared/reference/architectures.md); the 2010,
+# Only results printed in the papers of the zoo's networks (docs/reference.md, section 9); the 2010,
 # 2011 and 2013 winners are neither in the zoo nor in those papers, so they are left out rather than quoted
 # from memory.
 ILSVRC = (
@@ -158,4 +158,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -12,10 +12,11 @@ degradation.json / .csv (final errors of every run).
 """
 import json
 
-from absl import app, flags
+from absl import flags
 from etils import epath
 
 from cnnjax import cli, metrics
+from cnnjax import workdir as workdir_lib
 from cnnjax import config as config_lib
 from cnnjax.experiments import runs
 
@@ -34,22 +35,23 @@ def run(dataset: str, depths: list[int], workdir: str, epochs: float = 0, data_d
   """Train (or skip, or resume) every net; write the figure and the tables; return the table's rows."""
   workdir = epath.Path(workdir)
   rows = []
-  for residual in (False, True):
-    for depth in depths:
-      for seed in seeds:
-        net = f"{'resnet' if residual else 'plain'}{depth}"
-        name = f"{net}-s{seed}"
-        config = run_config(depth, residual, dataset, seed)
-        config.data_dir = data_dir
-        if epochs:
-          config.num_epochs, config.num_steps = epochs, 0
-        config.update(overrides)
-        runs.train_once(config, workdir / name)
-        rows.append({"run": name, "net": net, "depth": depth, "residual": residual, "seed": seed,
-                     **runs.final_errors(workdir / name)})  # fmt: skip
-  (workdir / "degradation.json").write_text(json.dumps(rows, indent=1))
-  runs.write_csv(workdir / "degradation.csv", rows)
-  plot(workdir, rows, dataset)
+  with workdir_lib.claim(workdir):  # one experiment per workdir; each run also owns its own folder
+    for residual in (False, True):
+      for depth in depths:
+        for seed in seeds:
+          net = f"{'resnet' if residual else 'plain'}{depth}"
+          name = f"{net}-s{seed}"
+          config = run_config(depth, residual, dataset, seed)
+          config.data_dir = data_dir
+          if epochs:
+            config.num_epochs, config.num_steps = epochs, 0
+          config.update(overrides)
+          runs.train_once(config, workdir / name)
+          rows.append({"run": name, "net": net, "depth": depth, "residual": residual, "seed": seed,
+                       **runs.final_errors(workdir / name)})  # fmt: skip
+    (workdir / "degradation.json").write_text(json.dumps(rows, indent=1))
+    runs.write_csv(workdir / "degradation.csv", rows)
+    plot(workdir, rows, dataset)
   return rows
 
 
@@ -100,13 +102,12 @@ def main(argv):
   del argv
   cli.start()
   workdir = FLAGS.workdir or f"runs/degradation-{FLAGS.dataset}"
-  with cli.one_line_errors():
-    rows = run(FLAGS.dataset, [int(d) for d in FLAGS.depths], workdir, FLAGS.epochs, FLAGS.data_dir,
-               [int(s) for s in FLAGS.seeds])  # fmt: skip
+  rows = run(FLAGS.dataset, [int(d) for d in FLAGS.depths], workdir, FLAGS.epochs, FLAGS.data_dir,
+             [int(s) for s in FLAGS.seeds])  # fmt: skip
   print(summary_table(rows))
   print(f"\nwrote {workdir}/degradation.png, degradation.json, degradation.csv")
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -1,4 +1,4 @@
 """The model zoo: one file per family, all composed from the shared blocks in blocks.py."""
-from cnnjax.models.registry import create, input_shape, names, options
+from cnnjax.models.registry import create, defaults, input_shape, names, options
 
-__all__ = ["create", "input_shape", "names", "options"]
+__all__ = ["create", "defaults", "input_shape", "names", "options"]

@@ -17,7 +17,8 @@ from typing import NamedTuple
 import flax.linen as nn
 
 from cnnjax.models.blocks import ConvUnit
-from cnnjax.models.layers import activation, adaptive_avg_pool, conv_norm, global_avg_pool, local_response_norm, max_pool
+from cnnjax.models.layers import (Dropout, activation, adaptive_avg_pool, conv_norm, global_avg_pool, local_response_norm,
+                                  max_pool)
 
 
 class ConvLayer(NamedTuple):
@@ -72,7 +73,8 @@ class AlexNet(nn.Module):
   activation: str = "relu"
   dropout: float = 0.5
   global_pool: bool = False
-  axis_name: str | None = None  # BatchNorm statistics averaged over this pmap axis in training
+  fc_width: int = 4096  # fc6 and fc7
+  axis_name: str | None = None  # BatchNorm statistics (and dropout masks) over this pmap axis in training
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -94,10 +96,10 @@ class AlexNet(nn.Module):
     dense = functools.partial(nn.Dense, kernel_init=layout.kernel_init)
     for name in ("fc6", "fc7"):
       if layout.dropout_before_fc:
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
-      x = act(dense(4096, bias_init=nn.initializers.constant(layout.fc_bias), name=name)(x))
+        x = Dropout(self.dropout, self.axis_name)(x, deterministic=not train)
+      x = act(dense(self.fc_width, bias_init=nn.initializers.constant(layout.fc_bias), name=name)(x))
       if not layout.dropout_before_fc:
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = Dropout(self.dropout, self.axis_name)(x, deterministic=not train)
       out[name] = x
     out["pre_logits"] = x
     return dense(self.num_classes, name="fc8")(x), out

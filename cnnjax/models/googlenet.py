@@ -20,7 +20,8 @@ import functools
 import flax.linen as nn
 
 from cnnjax.models.blocks import ConvUnit, Inception
-from cnnjax.models.layers import activation, adaptive_avg_pool, conv_norm, global_avg_pool, local_response_norm, max_pool
+from cnnjax.models.layers import (Dropout, activation, adaptive_avg_pool, conv_norm, global_avg_pool, local_response_norm,
+                                  max_pool)
 
 # Table 1: (#1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj); None marks a 3x3/2 max-pool.
 INCEPTION_SPECS = {
@@ -51,6 +52,7 @@ class AuxiliaryClassifier(nn.Module):
   unit: functools.partial
   act: object
   dropout: float = 0.7
+  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -58,7 +60,7 @@ class AuxiliaryClassifier(nn.Module):
     x = nn.avg_pool(x, (5, 5), (3, 3)) if x.shape[1:3] == (14, 14) else adaptive_avg_pool(x, 4)
     x = self.unit(128, 1, name="conv")(x).reshape(x.shape[0], -1)
     x = self.act(nn.Dense(1024, kernel_init=XAVIER, bias_init=nn.initializers.constant(0.2), name="fc")(x))
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = Dropout(self.dropout, self.axis_name)(x, deterministic=not train)
     return nn.Dense(self.num_classes, kernel_init=XAVIER, name="classifier")(x)
 
 
@@ -70,7 +72,7 @@ class GoogLeNet(nn.Module):
   activation: str = "relu"
   c5_kernel: int = 5
   dropout: float = 0.4
-  axis_name: str | None = None  # BatchNorm statistics averaged over this pmap axis in training
+  axis_name: str | None = None  # BatchNorm statistics (and dropout masks) over this pmap axis in training
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -91,7 +93,8 @@ class GoogLeNet(nn.Module):
       name = f"inception_{stage}"
       x = out[name] = Inception(*spec, conv, norm, act, self.inception, self.c5_kernel, name=name)(x)
       if train and self.aux_heads and stage in AUX_HEADS:
-        out[f"aux_{stage}"] = AuxiliaryClassifier(self.num_classes, unit, act, name=f"aux_{stage}")(x, train)
+        out[f"aux_{stage}"] = AuxiliaryClassifier(self.num_classes, unit, act, axis_name=self.axis_name,
+                                                  name=f"aux_{stage}")(x, train)  # fmt: skip
     x = global_avg_pool(x)  # the paper's 7x7/1 average pool at 224x224
-    x = out["pre_logits"] = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = out["pre_logits"] = Dropout(self.dropout, self.axis_name)(x, deterministic=not train)
     return nn.Dense(self.num_classes, kernel_init=XAVIER, name="fc")(x), out

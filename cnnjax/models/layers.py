@@ -1,6 +1,7 @@
 """Parameter-free layers and the names configs use for activations and norms.
 
-Everything here is a pure function of arrays (or of names), so it is property-tested directly.
+Everything here but Dropout (a module: it draws random masks) is a pure function of arrays (or of names), so it
+is property-tested directly.
 Pooling follows the Caffe/PyTorch arithmetic the papers' layer tables were computed with.
 """
 import functools
@@ -8,7 +9,9 @@ import math
 from typing import Callable
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 
@@ -41,7 +44,8 @@ def max_pool(x, window: int, stride: int, padding: int = 0, ceil_mode: bool = Fa
       high = 0
     pads.append((padding, high))
   pads.append((0, 0))
-  return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1), pads)
+  # the initial value in x's dtype: a Python float would become float64 where JAX's x64 mode is on
+  return lax.reduce_window(x, np.array(-np.inf, x.dtype), lax.max, (1, window, window, 1), (1, stride, stride, 1), pads)
 
 
 def adaptive_avg_pool(x, grid: int):
@@ -73,9 +77,35 @@ def local_response_norm(x, size: int = 5, alpha: float = 1e-4, beta: float = 0.7
   reproduce them. The defaults are the AlexNet paper's (k=2, n=5, alpha=1e-4, beta=0.75).
   """
   squares = lax.reduce_window(
-      x * x, 0.0, lax.add, (1, 1, 1, size), (1, 1, 1, 1), ((0, 0), (0, 0), (0, 0), (size // 2, (size - 1) // 2))
+      x * x, np.array(0, x.dtype), lax.add, (1, 1, 1, size), (1, 1, 1, 1), ((0, 0), (0, 0), (0, 0), (size // 2, (size - 1) // 2))
   )
   return x / (k + alpha * squares) ** beta
+
+
+class Dropout(nn.Module):
+  """Dropout whose mask does not depend on how the batch is split over devices or hosts.
+
+  With `axis_name` (inside a pmap over it), every device draws the mask of the whole global batch from the
+  same key and keeps its own rows, so each example's mask depends only on the key (the seed, the step, the
+  layer) and on its place in the global batch: one device and eight train alike, and devices still drop
+  different units for different examples. Without it, the mask of the local batch (as flax's nn.Dropout).
+  """
+
+  rate: float
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    if deterministic or self.rate == 0.0:
+      return x
+    keep, key, rows = 1.0 - self.rate, self.make_rng("dropout"), x.shape[0]
+    if self.axis_name is None:
+      mask = jax.random.bernoulli(key, keep, x.shape)
+    else:
+      devices, index = lax.psum(1, self.axis_name), lax.axis_index(self.axis_name)
+      whole = jax.random.bernoulli(key, keep, (devices * rows, *x.shape[1:]))
+      mask = lax.dynamic_slice_in_dim(whole, index * rows, rows)
+    return lax.select(mask, x / keep, jnp.zeros_like(x))
 
 
 def scaled_tanh(x):

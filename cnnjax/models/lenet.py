@@ -68,9 +68,10 @@ class Subsampling(nn.Module):
   @nn.compact
   def __call__(self, x):
     maps = x.shape[-1]
-    coefficient = self.param("coefficient", functools.partial(lecun98_uniform, fan_in=4), (maps,))
-    bias = self.param("bias", nn.initializers.zeros, (maps,))
-    sums = lax.reduce_window(x, 0.0, lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    # float32 stated: flax's initialisers default to JAX's default float, float64 in x64 mode
+    coefficient = self.param("coefficient", functools.partial(lecun98_uniform, fan_in=4), (maps,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (maps,), jnp.float32)
+    sums = lax.reduce_window(x, np.array(0, x.dtype), lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
     return sums * coefficient + bias
 
 
@@ -91,8 +92,8 @@ class SparseConv(nn.Module):
     maps = [None] * len(self.connections)
     for fan_in in sorted({len(c) for c in self.connections}):
       members = [i for i, c in enumerate(self.connections) if len(c) == fan_in]
-      kernel = self.param(f"kernel_fan_in_{fan_in}", lecun98_uniform, (k, k, fan_in, len(members)))
-      bias = self.param(f"bias_fan_in_{fan_in}", nn.initializers.zeros, (len(members),))
+      kernel = self.param(f"kernel_fan_in_{fan_in}", lecun98_uniform, (k, k, fan_in, len(members)), jnp.float32)
+      bias = self.param(f"bias_fan_in_{fan_in}", nn.initializers.zeros, (len(members),), jnp.float32)
       for g, i in enumerate(members):
         inputs = x[..., np.array(self.connections[i])]
         out = lax.conv_general_dilated(inputs, kernel[..., g : g + 1], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))

@@ -80,6 +80,21 @@ def options(name: str) -> list[str]:
   return [f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name")]
 
 
+# Options that the caller of `create` sets, never a config: the dataset decides the classes, training the axis.
+NOT_CONFIGURED = ("num_classes", "axis_name")
+
+
+def defaults(name: str) -> dict:
+  """Every option of `name` a config can set, with the value `create(name)` uses when none is given."""
+  constructor = lookup(name).constructor
+  cls, given = (constructor.func, constructor.keywords) if isinstance(constructor, functools.partial) else (constructor, {})
+  return {
+      f.name: given.get(f.name, f.default)
+      for f in dataclasses.fields(cls)
+      if f.name not in ("parent", "name", *NOT_CONFIGURED) and (f.name in given or f.default is not dataclasses.MISSING)
+  }
+
+
 def create(name: str, num_classes: int | None = None, **overrides):
   """The model called `name`, with `num_classes` outputs (default: its paper's) and any of its options."""
   valid = options(name)

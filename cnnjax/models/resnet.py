@@ -54,6 +54,8 @@ class ResNet(nn.Module):
       raise ValueError(f"unknown stem {self.stem!r}; valid: imagenet, cifar")
     if self.remat not in REMAT:
       raise ValueError(f"unknown remat {self.remat!r}; valid: {', '.join(REMAT)}")
+    if len(self.widths) != len(self.stage_sizes):
+      raise ValueError(f"widths {tuple(self.widths)} must give one width per stage of {tuple(self.stage_sizes)}")
     act = activation(self.activation)
     norm = conv_norm(self.norm, train, axis_name=self.axis_name)
     # BatchNorm's shift makes a conv bias redundant; without a norm the convs need their own.

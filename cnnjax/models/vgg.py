@@ -14,7 +14,7 @@ from typing import Sequence
 import flax.linen as nn
 
 from cnnjax.models.blocks import ConvUnit
-from cnnjax.models.layers import activation, adaptive_avg_pool, conv_norm, global_avg_pool, max_pool
+from cnnjax.models.layers import Dropout, activation, adaptive_avg_pool, conv_norm, global_avg_pool, max_pool
 
 # The paper initialised deeper nets from net A, and notes Glorot & Bengio's initialisation makes that
 # unnecessary (section 3.1); biases start at zero.
@@ -29,10 +29,13 @@ class VGG(nn.Module):
   activation: str = "relu"
   dropout: float = 0.5
   global_pool: bool = False
-  axis_name: str | None = None  # BatchNorm statistics averaged over this pmap axis in training
+  fc_width: int = 4096  # fc6 and fc7
+  axis_name: str | None = None  # BatchNorm statistics (and dropout masks) over this pmap axis in training
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    if len(self.widths) != len(self.block_sizes):
+      raise ValueError(f"widths {tuple(self.widths)} must give one width per block of {tuple(self.block_sizes)}")
     act = activation(self.activation)
     norm = conv_norm(self.norm, train, axis_name=self.axis_name)
     conv = functools.partial(nn.Conv, kernel_init=GLOROT)
@@ -43,8 +46,8 @@ class VGG(nn.Module):
       x = out[f"block{block}"] = max_pool(x, 2, 2)
     x = global_avg_pool(x) if self.global_pool else adaptive_avg_pool(x, 7).reshape(x.shape[0], -1)
     for name in ("fc6", "fc7"):
-      x = act(nn.Dense(4096, kernel_init=GLOROT, name=name)(x))
-      x = out[name] = nn.Dropout(self.dropout, deterministic=not train)(x)
+      x = act(nn.Dense(self.fc_width, kernel_init=GLOROT, name=name)(x))
+      x = out[name] = Dropout(self.dropout, self.axis_name)(x, deterministic=not train)
     out["pre_logits"] = x
     return nn.Dense(self.num_classes, kernel_init=GLOROT, name="fc8")(x), out
 

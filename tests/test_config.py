@@ -1,0 +1,104 @@
+"""Configs: overrides that mean what they say, every model option overridable, resumes that keep a step's meaning."""
+import sys
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from cnnjax import checkpoint, config as config_lib, models, train
+from test_main import ROOT
+
+
+def command_line(*args):
+  """The config flag `python -m cnnjax.main --config=... --config.X=...` gets, parsed by the real flag machinery
+  (which finds the overrides in sys.argv)."""
+  argv = ["cnnjax", *[a.replace("configs/", f"{ROOT}/configs/", 1) for a in args]]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True)
+  saved, sys.argv = sys.argv, argv
+  try:
+    values(argv)
+  finally:
+    sys.argv = saved
+  return values["config"]
+
+
+def test_an_epochs_override_replaces_the_configs_steps_and_says_so(capsys):
+  config = config_lib.from_command_line(command_line("--config=configs/cifar_resnet.py:20", "--config.num_epochs=6"))
+  assert (config.num_steps, config.num_epochs) == (0, 6)
+  assert "note: --config.num_epochs=6.0 replaces the config's num_steps=64000" in capsys.readouterr().out
+  config = config_lib.from_command_line(command_line("--config=configs/cifar_resnet.py:20", "--config.lr_decay_epochs=(2,4)"))
+  assert (tuple(config.lr_decay_steps), tuple(config.lr_decay_epochs)) == ((), (2, 4))
+  config = config_lib.from_command_line(command_line("--config=configs/lenet5.py", "--config.num_steps=50"))
+  assert (config.num_steps, config.num_epochs) == (50, 0)  # steps already won: said nowhere, recorded in config.json
+  assert train.total_steps(config, steps_per_epoch=46) == 50
+
+
+@pytest.mark.parametrize("args,refusal", [
+    (("--config.num_steps=5", "--config.num_epochs=2"), "set the same thing two ways"),
+    (("--config.eval_every_steps=5", "--config.eval_every_epochs=2"), "set the same thing two ways"),
+    (("--config.warmup_lr=0.05",), "would change nothing: there is no warm-up"),
+    (("--config.warmup_epochs=1", "--config.warmup_lr=0.05"), "warmup_lr belongs to warmup_type 'constant'"),
+    (("--config.lr_decay_factor=0.5",), "the schedule is 'cosine'"),
+    (("--config.aux_loss_weight=0.1",), "model 'lenet5' is built without auxiliary classifiers"),
+    (("--config.augment=True",), "dataset 'digits' is never augmented"),
+    (("--config.bad_images=stop",), "dataset 'digits' is not an image folder"),
+    (("--config.dataset=fake", "--config.data_dir=/data"), "not read from a tfds data directory"),
+    (("--config.momentum=0", "--config.nesterov=True"), "momentum is 0"),
+])  # fmt: skip
+def test_overrides_that_would_change_nothing_or_contradict_are_refused(args, refusal):
+  with pytest.raises(ValueError, match=refusal):
+    config_lib.from_command_line(command_line("--config=configs/lenet5.py", *args))
+
+
+def test_the_same_fields_are_accepted_where_they_act():
+  config = config_lib.from_command_line(command_line("--config=configs/googlenet.py", "--config.aux_loss_weight=0.1",
+                                                     "--config.warmup_epochs=1", "--config.warmup_type=constant",
+                                                     "--config.warmup_lr=0.01", "--config.augment=False"))  # fmt: skip
+  assert (config.aux_loss_weight, config.warmup_lr, config.augment) == (0.1, 0.01, False)
+
+
+@pytest.mark.parametrize("name,arg", [("lenet5", ""), ("alexnet", "torchvision,local"), ("vgg", "16,bn"), ("googlenet", ""),
+                                      ("resnet", "50,plain"), ("cifar_resnet", "56,local")])  # fmt: skip
+def test_every_config_lists_every_option_of_its_model(name, arg):
+  config = config_lib.load(name, arg)
+  assert set(config.model_options) == set(models.defaults(config.model)) == set(models.options(config.model)) - {"num_classes", "axis_name"}
+
+
+def test_any_model_option_can_be_overridden_on_the_command_line():
+  config = config_lib.from_command_line(command_line("--config=configs/lenet5.py", "--config.model_options.head=dense",
+                                                     "--config.model_options.c3=full"))  # fmt: skip
+  assert models.create(config.model, **config.model_options).head == "dense"
+  config = command_line("--config=configs/cifar_resnet.py:20,local", "--config.model_options.widths=(4,8,8)").value
+  assert tuple(config.model_options.widths) == (4, 8, 8)
+  unknown = config_lib.base()
+  unknown.model, unknown.model_options.depth = "lenet5", 3
+  with pytest.raises(ValueError, match="model 'lenet5' has no option"):
+    config_lib.finish(unknown)
+
+
+def _lenet(tfds_dir, **fields):
+  config = config_lib.load("lenet5")
+  config.update({"data_dir": tfds_dir, "num_steps": 2, "log_every_steps": 1, "eval_every_steps": 1000, **fields})
+  return config
+
+
+def test_a_resume_that_would_change_what_a_step_means_is_refused(tfds_dir, tmp_path):
+  train.train_and_evaluate(_lenet(tfds_dir, batch_size=16), str(tmp_path))
+  for change, named in (({"batch_size": 32}, "batch_size 16, not 32"), ({"seed": 1}, "seed 0, not 1")):
+    with pytest.raises(checkpoint.CheckpointError, match=named) as refused:
+      train.train_and_evaluate(_lenet(tfds_dir, **{"batch_size": 16, **change}), str(tmp_path))
+    assert "Resume with --config." in str(refused.value)
+  # more steps of the same kind: the run goes on from its last step
+  assert train.train_and_evaluate(_lenet(tfds_dir, batch_size=16, num_steps=4), str(tmp_path))["final_step"] == 4
+
+
+def test_a_workdir_of_an_earlier_version_listing_fewer_options_is_the_same_model(tfds_dir, tmp_path):
+  import json
+
+  config = _lenet(tfds_dir, batch_size=16)
+  train.train_and_evaluate(config, str(tmp_path))
+  written = json.loads((tmp_path / "config.json").read_text())
+  written["model_options"] = {"head": "rbf"}  # as configs wrote it before they listed every option
+  (tmp_path / "config.json").write_text(json.dumps(written))
+  assert train.train_and_evaluate(_lenet(tfds_dir, batch_size=16, num_steps=3), str(tmp_path))["final_step"] == 3
