@@ -213,3 +213,12 @@ def test_model_options_the_configs_document_are_fields_of_the_locked_config(name
   config.lock()
   config.model_options.update(options)
   assert dict(config.model_options) | options == dict(config.model_options)
+
+
+def test_ctrl_c_outside_training_ends_every_command_in_one_line():
+  """Evaluation, the zoo, the experiments: wherever Ctrl-C lands outside a training loop, cli.run stops at once."""
+  code = ("from cnnjax import cli\n"
+          "def main(argv):\n  raise KeyboardInterrupt\n"
+          "cli.run(main)")  # fmt: skip
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+  assert result.returncode == 130 and result.stderr == "error: stopped by Ctrl-C\n"

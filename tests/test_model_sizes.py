@@ -47,10 +47,16 @@ PARAMS = {
 }
 
 
-@pytest.mark.parametrize("name", PARAMS)
-def test_parameter_count(name):
-  # the variables' shapes alone (jax.eval_shape): the multiply-add tests below trace the computation too
-  assert complexity.count_params(models.create(name), models.input_shape(name)) == PARAMS[name]
+@pytest.mark.parametrize("name", sorted(set(PARAMS) | set(models.names()), key=lambda n: (n not in PARAMS, n)))
+def test_parameter_count_and_output_at_the_paper_input(name):
+  # shapes alone (jax.eval_shape): the multiply-add tests below trace the computation too
+  model = models.create(name)  # with its paper's classes: 1000, or 10 for LeNet-5 and the CIFAR nets
+  variables = complexity.abstract_variables(model, models.input_shape(name))
+  if name in PARAMS:
+    assert complexity.size(variables["params"]) == PARAMS[name]
+  x = jax.ShapeDtypeStruct((2, *models.input_shape(name)), jnp.float32)
+  logits, out = jax.eval_shape(lambda v, x: model.apply(v, x), variables, x)
+  assert logits.shape == (2, model.num_classes) and "pre_logits" in out
 
 
 def test_every_registered_model_has_its_count_checked():
@@ -175,14 +181,14 @@ def _logits_shape(name, input_shape, num_classes):
   return logits.shape
 
 
-@pytest.mark.parametrize("name", models.names())
-def test_output_shape_at_paper_input(name):
-  assert _logits_shape(name, models.input_shape(name), 10) == (2, 10)
+IMAGENET_NAMES = [n for n in models.names() if models.input_shape(n) == (224, 224, 3) or n.startswith("alexnet")]
 
 
-@pytest.mark.parametrize("name", [n for n in models.names() if n != "lenet5"])
-@pytest.mark.parametrize("size", [32, 64])
+@pytest.mark.parametrize("name,size", [(n, 32) for n in IMAGENET_NAMES] + [("alexnet", 64), ("alexnet_torchvision", 64),
+                                                                         ("googlenet", 64), ("googlenet_torchvision", 64)])  # fmt: skip
 def test_imagenet_networks_run_on_small_inputs(name, size):
+  # 32: pools whose window exceeds the map keep one output, adaptive pools replicate; 64: torchvision AlexNet's
+  # smallest input is 63, and GoogLeNet's auxiliary heads see 4x4 maps (their pool is the identity there)
   assert _logits_shape(name, (size, size, 3), 10) == (2, 10)
 
 

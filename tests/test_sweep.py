@@ -2,6 +2,7 @@
 summarised into one table and plot; and the sweep file the repository ships."""
 import csv
 import os
+import signal
 import subprocess
 import sys
 
@@ -45,6 +46,37 @@ def test_a_sweep_runs_skips_resumes_and_summarises(tmp_path, tfds_dir):
   assert all(r["final_step"] == "4" and 0 <= float(r["test_error"]) <= 100 for r in rows)
   assert len((workdir / "summary.md").read_text().splitlines()) == 2 + 2 and (workdir / "summary.png").stat().st_size > 0
   assert run_sweep(file, workdir, "--print_commands", env=env).strip() == ""  # nothing left to run
+
+
+LONG = '''from cnnjax.sweep import grid
+
+
+def get_sweep():
+  return grid(config=["configs/lenet5.py"], seed=[0, 1, 2], num_steps=[100000], log_every_steps=[5],
+              eval_every_steps=[100000], checkpoint_every_steps=[100000])
+'''
+
+
+def test_a_sweep_owns_its_workdir_and_ctrl_c_stops_it_with_its_running_run_saved(tmp_path, tfds_dir):
+  file, workdir = tmp_path / "long.py", tmp_path / "sweep"
+  file.write_text(LONG)
+  env = {**os.environ, "TFDS_DATA_DIR": str(tfds_dir)}
+  first = subprocess.Popen([sys.executable, "-m", "cnnjax.sweep", f"--sweep={file}", f"--workdir={workdir}"], cwd=ROOT,
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+  for line in first.stdout:
+    if line.startswith("step 10/"):  # the first run trains (its output passes through the sweep's)
+      break
+  second = subprocess.run([sys.executable, "-m", "cnnjax.sweep", f"--sweep={file}", f"--workdir={workdir}"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+  assert second.returncode == 1 and f"is in use by another run: process {first.pid}" in second.stderr, second.stderr
+  first.send_signal(signal.SIGINT)  # the sweep alone, as a terminal's Ctrl-C reaches it: it passes it on to its run
+  out, err = first.communicate(timeout=120)
+  assert first.returncode == 130, err
+  assert err.strip().splitlines()[-1] == ("stopped by Ctrl-C: 1 run(s) saved a checkpoint and stopped, 2 not started; "
+                                          "rerun the same command to go on.")  # fmt: skip
+  running = workdir / sweep.run_name(sweep.load(str(file))[0])
+  assert "stopped by Ctrl-C at step" in err and any(p.name.isdigit() for p in (running / "checkpoints").iterdir())
+  assert not (workdir / sweep.run_name(sweep.load(str(file))[1])).exists()  # not started
 
 
 def test_the_degradation_sweep_is_the_papers_grid():
