@@ -17,7 +17,14 @@ atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_e
 import numpy as np
 import pytest
 from absl import flags
+from hypothesis import settings
 from PIL import Image
+
+# No per-example deadline for property tests: many trace and compile a JAX program, whose first example can take
+# ten times the others on a loaded 2-core machine, and hypothesis would call that flaky. A slow test shows in
+# --durations instead; each test sets how many examples it draws.
+settings.register_profile("cnnjax", deadline=None)
+settings.load_profile("cnnjax")
 
 # Outside an absl app nothing parses flags; grain's worker processes read theirs, so take the defaults.
 flags.FLAGS.mark_as_parsed()

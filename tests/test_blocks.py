@@ -14,7 +14,7 @@ from cnnjax.models.layers import BATCH_NORM
 from cnnjax.models.resnet import ResNet
 
 
-@settings(deadline=None, max_examples=15)
+@settings(max_examples=15)
 @given(st.integers(1, 8), st.integers(0, 8), st.sampled_from([1, 2]), st.integers(2, 9), st.integers(0, 2**31 - 1))
 def test_option_a_shortcut_keeps_the_input_and_pads_zeros(channels, extra, stride, size, seed):
   x = np.random.default_rng(seed).normal(size=(2, size, size, channels)).astype(np.float32)
@@ -28,7 +28,7 @@ def test_option_a_shortcut_keeps_the_input_and_pads_zeros(channels, extra, strid
 specs = st.tuples(*[st.integers(1, 12)] * 6)
 
 
-@settings(deadline=None, max_examples=30)
+@settings(max_examples=30)
 @given(specs, st.sampled_from(["naive", "reduced"]), st.integers(1, 9), st.integers(1, 16), st.sampled_from([3, 5]))
 def test_inception_cost_formula_matches_the_traced_module(spec, variant, size, in_channels, c5_kernel):
   module = Inception(*spec, conv=nn.Conv, norm=None, act=nn.relu, variant=variant, c5_kernel=c5_kernel)

@@ -33,7 +33,7 @@ def _conv(c, padding=None):
   return f, x, w
 
 
-@settings(deadline=None, max_examples=40)
+@settings(max_examples=40)
 @given(conv_configs)
 def test_conv_macs_match_the_formula(c):
   f, x, w = _conv(c)
@@ -45,7 +45,7 @@ def test_conv_macs_match_the_formula(c):
   assert depths == [1]
 
 
-@settings(deadline=None, max_examples=25)
+@settings(max_examples=25)
 @given(conv_configs)
 def test_conv_macs_agree_with_xla_cost_analysis(c):
   # XLA counts a multiply-add as 2 flops and skips taps that fall on zero padding, so compare unpadded convs
@@ -55,7 +55,7 @@ def test_conv_macs_agree_with_xla_cost_analysis(c):
   assert 2 * sum(by_scope.values()) == flops
 
 
-@settings(deadline=None, max_examples=25)
+@settings(max_examples=25)
 @given(st.integers(1, 8), st.integers(1, 64), st.integers(1, 64))
 def test_dense_macs_match_the_formula_and_xla(batch, fan_in, fan_out):
   x = jax.ShapeDtypeStruct((batch, fan_in), jnp.float32)

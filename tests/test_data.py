@@ -154,7 +154,7 @@ def test_a_truncated_jpeg_is_skipped_with_a_warning_or_stops_the_run(tmp_path, c
     strict.train[1]
 
 
-@settings(deadline=None, max_examples=25)
+@settings(max_examples=25)
 @given(st.integers(1, 120), st.sampled_from([1, 2, 4]), st.sampled_from([1, 2, 3]), st.integers(1, 5))
 def test_eval_covers_every_example_exactly_once(n, devices, processes, per_device):
   d = index_dataset(n)
@@ -171,7 +171,7 @@ def test_eval_covers_every_example_exactly_once(n, devices, processes, per_devic
   assert len(counts) == 1  # every host steps through the same number of batches
 
 
-@settings(deadline=None, max_examples=20)
+@settings(max_examples=20)
 @given(st.integers(8, 100), st.sampled_from([1, 2, 3, 4]), st.integers(1, 4), st.integers(0, 99), st.sampled_from(["cifar", "small"]))
 def test_hosts_read_disjoint_rows_of_the_batches_one_host_would_read(n, processes, local_batch, seed, style):
   """Concatenated in process order, the hosts' batches are the single-host global batches, augmentation included,

@@ -48,7 +48,7 @@ def outcome(argv) -> str:
     return type(e).__name__
 
 
-@settings(deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(CONFIGS), st.lists(st.tuples(st.sampled_from(FIELDS), VALUES), min_size=1, max_size=3))
 @example("configs/lenet5.py", [("batch_size", "0")])
 @example("configs/lenet5.py", [("learning_rate", "nan")])
@@ -92,7 +92,7 @@ ODD_IMAGES = st.builds(lambda kind_mode, size: _encoded(*kind_mode, size), st.sa
                        st.tuples(st.integers(1, 40), st.integers(1, 40)))  # fmt: skip
 
 
-@settings(deadline=None, max_examples=150)
+@settings(max_examples=150)
 @example((_encoded("BMP", "L", (1, 1)), 0, [21]), False)  # a flipped bit claims 1.5 billion pixels: a decompression bomb
 @given(ODD_IMAGES.flatmap(lambda b: st.tuples(st.just(b), st.integers(0, len(b)), st.lists(st.integers(0, len(b) - 1), max_size=4))),
        st.booleans())  # fmt: skip

@@ -11,7 +11,7 @@ from cnnjax import complexity, gradflow, models
 from test_train import load_config
 
 
-@settings(deadline=None, max_examples=30)
+@settings(max_examples=30)
 @given(st.integers(1, 30), st.floats(-3, 3), st.floats(0.1, 2.0))
 def test_a_chain_of_sigmoids_has_a_gradient_below_a_quarter_to_the_n(n, x, w):
   # d/dx of sigma(w sigma(w ... sigma(x))): each factor is w * sigma' <= w / 4
@@ -23,7 +23,7 @@ def test_a_chain_of_sigmoids_has_a_gradient_below_a_quarter_to_the_n(n, x, w):
   assert abs(float(jax.grad(chain)(jnp.float32(x)))) <= (w / 4) ** n * (1 + 1e-4)
 
 
-@settings(deadline=None, max_examples=30)
+@settings(max_examples=30)
 @given(st.integers(1, 30), st.floats(-3, 3))
 def test_identity_shortcuts_remove_the_bound(n, x):
   # x + sigma(x) per unit: each factor is 1 + sigma' >= 1, so the gradient never shrinks

@@ -50,7 +50,7 @@ def _reference_max_pool(x, k, s, p, out):
   return res
 
 
-@settings(deadline=None, max_examples=40)
+@settings(max_examples=40)
 @given(geometry, st.booleans(), st.integers(0, 2**31 - 1))
 def test_max_pool_values_and_shape(g, ceil_mode, seed):
   n, k, s, p = g
@@ -66,7 +66,7 @@ def test_max_pool_on_a_map_smaller_than_its_window_keeps_one_output():
   assert max_pool(x, 3, 2).reshape(()) == 3.0
 
 
-@settings(deadline=None, max_examples=12)
+@settings(max_examples=12)
 @given(st.integers(1, 6), st.integers(1, 5), st.integers(0, 2**31 - 1))
 def test_adaptive_pool_equals_block_mean_when_the_grid_divides(grid, block, seed):
   n = grid * block
@@ -97,7 +97,7 @@ def test_lrn_by_hand():
 
 
 @given(st.floats(0.5, 3.0), st.floats(0.1, 1.0), st.integers(0, 2**31 - 1))
-@settings(deadline=None, max_examples=20)
+@settings(max_examples=20)
 def test_lrn_without_alpha_only_scales(k, beta, seed):
   x = jax.random.normal(jax.random.key(seed), (1, 3, 3, 8))
   np.testing.assert_allclose(local_response_norm(x, alpha=0.0, k=k, beta=beta), x / k**beta, rtol=1e-5)
