@@ -12,7 +12,7 @@ batches = st.integers(1, 6).flatmap(
 seeds = st.integers(0, 2**32 - 1)
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=50)
 @given(batches, seeds, st.integers(0, 4))
 def test_pad_crop_flip_is_a_shifted_possibly_flipped_window_of_the_padded_image(images, seed, pad):
   out = transforms.pad_crop_flip(images, np.random.default_rng(seed), pad)
@@ -32,7 +32,7 @@ def test_pad_crop_flip_uses_every_offset_and_both_orientations():
   assert len(seen) == 18
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40)
 @given(arrays(np.uint8, st.tuples(st.integers(1, 40), st.integers(1, 40), st.sampled_from([1, 3]))), seeds, st.integers(1, 24))
 def test_random_resized_crop_keeps_dtype_and_range(image, seed, size):
   out = transforms.random_resized_crop(image, np.random.default_rng(seed), size)
@@ -40,7 +40,7 @@ def test_random_resized_crop_keeps_dtype_and_range(image, seed, size):
   assert image.min() <= out.min() and out.max() <= image.max()  # bilinear weights are a convex combination
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(st.integers(1, 500), st.integers(1, 500), seeds)
 def test_crop_window_covers_8_to_100_percent_at_aspect_three_quarters_to_four_thirds(h, w, seed):
   y, x, ch, cw = transforms.random_crop_window(h, w, np.random.default_rng(seed))
@@ -52,7 +52,7 @@ def test_crop_window_covers_8_to_100_percent_at_aspect_three_quarters_to_four_th
     assert 3 / 4 * (ch - 0.5) / (ch + 0.5) <= cw / ch <= 4 / 3 * (ch + 0.5) / (ch - 0.5) + 1 / ch
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40)
 @given(arrays(np.uint8, st.tuples(st.integers(1, 60), st.integers(1, 60), st.just(3))), st.integers(1, 30))
 def test_eval_crop_shape_and_range(image, size):
   out = transforms.resize_shorter_center_crop(image, size)
