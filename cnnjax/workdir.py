@@ -67,8 +67,16 @@ def storage_reason(error: BaseException) -> str | None:
     match = _OS_ERROR_CODE.search(str(e))
     if match:
       return os.strerror(int(match.group(1)))
+    if "google.api_core" in sys.modules:  # a Cloud Storage client's error (gs:// workdirs)
+      from cnnjax import cloud
+
+      if why := cloud.reason(e):
+        return why
     if isinstance(e, OSError):
-      return str(e).splitlines()[0][:200] or type(e).__name__
+      first = str(e).splitlines()[0] if str(e) else ""
+      if first.startswith("Forbidden"):  # gcsfs's 403
+        return os.strerror(errno.EACCES)
+      return first[:200] or type(e).__name__
   return None
 
 
@@ -204,18 +212,19 @@ class _LocalClaimFile:
       text = os.pread(fd, 1 << 20, 0).decode(errors="replace")
     return text or None, text
 
-  def write(self, text: str | None, version: str | None) -> bool:
-    """Write (or, for None, remove) the claim if it is still at `version`; False if someone changed it."""
+  def write(self, text: str | None, version: str | None) -> str | None:
+    """Write (or, for None, remove) the claim if it is still at `version`; the new version, or None if another
+    run changed it meanwhile."""
     with self._locked() as fd:
       if os.pread(fd, 1 << 20, 0).decode(errors="replace") != (version or ""):
-        return False
+        return None
       if text is None:
         os.unlink(self.path)
-        return True
+        return ""
       os.ftruncate(fd, 0)
       os.pwrite(fd, text.encode(), 0)
       os.fsync(fd)
-    return True
+    return text
 
 
 class Claim:
@@ -233,7 +242,8 @@ class Claim:
 
   def acquire(self):
     """Claim the workdir or raise WorkdirBusy naming its live owner."""
-    self.workdir.mkdir(parents=True, exist_ok=True)
+    if not is_remote(self.workdir):  # (on gs:// a folder needs no creating, and gcsfs would create a missing bucket)
+      self.workdir.mkdir(parents=True, exist_ok=True)
     for _ in range(5):  # a conditional write loses only to a concurrent change: read again and decide again
       text, version = self._file.read()
       current = _read_owner(text)
@@ -246,9 +256,8 @@ class Claim:
               f"host, after {STALE_AFTER_S:.0f} s without a heartbeat from another)."
           )
         self.took_over = f"{current.describe()}; {why_gone}"
-      mine = json.dumps(dataclasses.asdict(self.owner), indent=1)
-      if self._file.write(mine, version):
-        self._version = self._file.read()[1]
+      self._version = self._file.write(json.dumps(dataclasses.asdict(self.owner), indent=1), version)
+      if self._version is not None:
         self._thread = threading.Thread(target=self._beat, name="workdir-heartbeat", daemon=True)
         self._thread.start()
         return self
@@ -258,14 +267,15 @@ class Claim:
     while not self._stop.wait(HEARTBEAT_S):
       owner = dataclasses.replace(self.owner, heartbeat=time.time())
       try:
-        if self._file.write(json.dumps(dataclasses.asdict(owner), indent=1), self._version):
-          self.owner, self._version = owner, self._file.read()[1]
+        version = self._file.write(json.dumps(dataclasses.asdict(owner), indent=1), self._version)
+        if version is not None:
+          self.owner, self._version = owner, version
           continue
         other = _read_owner(self._file.read()[0])
         self.lost = f"another run took it over: {other.describe()}" if other else "its claim was removed"
         return
-      except OSError as e:  # a passing storage hiccup: try again at the next beat; a long one makes the claim stale
-        print(f"warning: cannot refresh the claim on {self.workdir}: {storage_reason(e)}", file=sys.stderr, flush=True)
+      except (OSError, WorkdirError) as e:  # a passing storage hiccup: try again at the next beat; a long one makes the claim stale
+        print(f"warning: cannot refresh the claim on {self.workdir}: {storage_reason(e) or e}", file=sys.stderr, flush=True)
 
   def check(self):
     """Raise WorkdirBusy if the workdir was taken over (call before writing anything to it)."""
@@ -283,7 +293,7 @@ class Claim:
 
 def _claim_file(path: epath.Path):
   if is_remote(path):
-    from cnnjax import cloud  # the object-store half: needs the [gcs] extra
+    from cnnjax import cloud  # the object-store half: the [gcs] extra's client
 
     return cloud.ClaimObject(path)
   return _LocalClaimFile(path)

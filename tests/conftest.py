@@ -1,7 +1,11 @@
 """Shared fixtures. Tests run on the CPU with 8 simulated devices, so pmapped steps really split batches."""
 import atexit
+import dataclasses
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
 
 # before anything imports jax: 8 devices, and one persistent compilation cache for the session (each xdist
@@ -72,3 +76,61 @@ def write_images(root, layout):
       Image.fromarray(np.full((20 + i, 24, 3), count % 256, np.uint8)).save(path / f"{i}.png")
       count += 1
   return root
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@dataclasses.dataclass
+class Gcs:
+  """The session's local Cloud Storage server (tests/gcs_server.py): its URL and a google-cloud-storage client."""
+
+  url: str
+  client: object
+
+  def bucket(self, name: str) -> str:
+    """Create bucket `name` (if new); returns gs://name."""
+    if self.client.lookup_bucket(name) is None:
+      self.client.create_bucket(name)
+    return f"gs://{name}"
+
+  def objects(self, url: str) -> set[str]:
+    """The names of the objects under gs://BUCKET/PREFIX, relative to it, listed by the client (not by cnnjax)."""
+    bucket, _, prefix = url.removeprefix("gs://").partition("/")
+    return {b.name.removeprefix(prefix.rstrip("/") + "/") for b in self.client.list_blobs(bucket, prefix=prefix)}
+
+
+@pytest.fixture(scope="session")
+def gcs():
+  """A real GCS JSON API server on 127.0.0.1 (gcp-storage-emulator, in memory) for the session, and the
+  environment every client (google-cloud-storage, gcsfs, tensorstore) and every command started by a test reads
+  to use it with anonymous credentials; the environment is restored afterwards."""
+  port = free_port()
+  server = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "gcs_server.py"), str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+  assert server.stdout.readline().strip() == "ready"
+  url = f"http://127.0.0.1:{port}"
+  environment = {
+      "STORAGE_EMULATOR_HOST": url,  # google-cloud-storage and gcsfs
+      "TENSORSTORE_GCS_HTTP_URL": url,  # tensorstore (Orbax's checkpoint arrays)
+      "GOOGLE_AUTH_TOKEN_FOR_TESTING": "anonymous",  # tensorstore: no credentials to look for
+      "NO_GCE_CHECK": "true",  # gcsfs: do not wait for a VM's metadata server
+      "GCE_METADATA_HOST": "127.0.0.1:9", "GCE_METADATA_ROOT": "127.0.0.1:9",  # google-auth: none answers there
+  }  # fmt: skip
+  saved = {k: os.environ.get(k) for k in environment}
+  os.environ.update(environment)
+  from google.cloud import storage
+
+  try:
+    yield Gcs(url, storage.Client())
+  finally:
+    server.kill()
+    server.wait()
+    for key, value in saved.items():
+      if value is None:
+        os.environ.pop(key, None)
+      else:
+        os.environ[key] = value

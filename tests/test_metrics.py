@@ -1,13 +1,13 @@
 """What a run leaves behind: metrics.jsonl and TensorBoard events, readable by TensorBoard, and kept straight on resume."""
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
 import pytest
+from conftest import free_port
 
 from cnnjax import metrics
 
@@ -35,12 +35,6 @@ def test_tensorboard_reads_what_a_run_writes_and_a_resume_keeps_every_step_once(
     resumed.write({"step": step, "epoch": step / 2, "train_loss": 2.0 / step})
   assert [line["train_loss"] for line in metrics.read_metrics(tmp_path / "metrics.jsonl")] == [1.0, 0.5, 2 / 3, 0.5]
   assert scalars(tmp_path / "tensorboard") == {"train_loss": [(1, 1.0), (2, 0.5), (3, 0.666667), (4, 0.5)]}
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def test_the_readme_tensorboard_command_serves_a_runs_curves(tmp_path):

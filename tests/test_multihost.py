@@ -3,7 +3,6 @@ train as one process with 8 devices does, checkpoint to one path, resume; a lost
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-
+from conftest import free_port
 from test_main import ROOT
 
 # float64 (JAX_ENABLE_X64 below): then one process and two agree to summation order, and a tight bound can tell a
@@ -20,12 +19,6 @@ from test_main import ROOT
 STEPS = ["--config=configs/vgg.py:11,bn,local", "--config.model_options.widths=4,4,8,8,8", "--config.model_options.fc_width=16",
          "--config.image_size=16", "--config.batch_size=16", "--config.dtype=float64", "--config.num_steps=6",
          "--config.log_every_steps=3", "--config.eval_every_steps=3"]  # fmt: skip
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def launch(workdir, processes: int, *args, port: int = 0):

@@ -1,7 +1,8 @@
 """Random-access sources of {'image': uint8 HWC, 'label': int} examples, one per dataset name.
 
 - tfds names (`mnist`, `cifar10`, `cifar100`, `imagenet2012`, `imagenette`): `builder.as_data_source()`
-  over array_record files prepared once with `tfds build` (TensorFlow is needed only for that step);
+  over array_record files prepared once with `tfds build` (TensorFlow is needed only for that step); a gs://
+  data directory's dataset is read from a local copy (cnnjax.cloud.local_data_dir);
 - `digits`: the bundled offline dataset (cnnjax/data/digits.py), prepared on first use without TensorFlow;
 - `imagefolder:/path`: the user's PNG/JPEG files, one sub-folder per class, under train/ and test/;
 - `fake` or `fake:HxWxC:CLASSES`: random images, for benchmarks.
@@ -16,6 +17,10 @@ import sys
 from typing import Any, Sequence
 
 import numpy as np
+from etils import epath
+
+from cnnjax import cloud
+from cnnjax.workdir import is_remote
 
 # Per-channel mean and std in 0..255 units, from each training set.
 IMAGENET_STATS = ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
@@ -106,7 +111,7 @@ def _tfds(name: str, data_dir: str | None) -> Dataset:
   with _quiet_absl():
     builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
     root, prepared = builder.data_dir_root, builder.is_prepared()
-  files = list(pathlib.Path(builder.data_dir).glob("*.array_record*")) if prepared else []
+  files = list(epath.Path(builder.data_dir).glob("*.array_record*")) if prepared else []
   if not files:
     how = PREPARE.get(name, "tfds build {name} --file_format=array_record --data_dir={data_dir}")
     found = " (it is prepared there, but not as array_record files)" if prepared else ""
@@ -117,6 +122,8 @@ def _tfds(name: str, data_dir: str | None) -> Dataset:
         f"(set TFDS_DATA_DIR or the config's data_dir to read another directory). Or run offline on the bundled "
         f"'digits' dataset: --config=configs/NAME.py:local."
     )
+  if is_remote(builder.data_dir):
+    builder = tfds.builder(spec.tfds_name, data_dir=cloud.local_data_dir(root, builder.data_dir))
   source = builder.as_data_source()
   return Dataset(name, source["train"], source[spec.test_split], builder.info.features["label"].num_classes, spec)
 
@@ -126,15 +133,18 @@ def _digits(data_dir: str | None) -> Dataset:
 
   from cnnjax.data.digits import Digits
 
-  builder = Digits(data_dir=data_dir, file_format="array_record")
-  if not builder.is_prepared():  # offline and about a second: prepare on first use
-    tfds.display_progress_bar(False)
-    try:
-      builder.download_and_prepare()
-    except FileExistsError:  # another process (a parallel sweep run) finished preparing it first
-      builder = Digits(data_dir=data_dir, file_format="array_record")
-      if not builder.is_prepared():
-        raise
+  if data_dir and is_remote(data_dir):  # a copy of the bucket's, or prepared in that copy's place
+    data_dir = cloud.local_data_dir(data_dir, Digits(data_dir=data_dir, file_format="array_record").data_dir)
+  with _quiet_absl():  # tfds warns about the version folder it is about to prepare
+    builder = Digits(data_dir=data_dir, file_format="array_record")
+    if not builder.is_prepared():  # offline and about a second: prepare on first use
+      tfds.display_progress_bar(False)
+      try:
+        builder.download_and_prepare()
+      except FileExistsError:  # another process (a parallel sweep run) finished preparing it first
+        builder = Digits(data_dir=data_dir, file_format="array_record")
+        if not builder.is_prepared():
+          raise
   source = builder.as_data_source()
   images = np.stack([source["train"][i]["image"] for i in range(len(source["train"]))]).astype(np.float64)
   stats = (tuple(images.mean(axis=(0, 1, 2)).tolist()), tuple(images.std(axis=(0, 1, 2)).tolist()))
