@@ -21,6 +21,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 
 from absl import app, flags
@@ -110,6 +111,20 @@ class Children:
         signal.signal(signum, handler)
 
 
+def logged(path: epath.Path, run_with_log):
+  """run_with_log(file) with its output appended to `path`; in a bucket, the log is written locally while the run
+  lasts (objects cannot be appended to) and added to the object once it ends."""
+  if not workdir_lib.is_remote(path):
+    with open(path, "a") as log:
+      return run_with_log(log)
+  with tempfile.TemporaryFile() as log:
+    try:
+      return run_with_log(log)
+    finally:
+      log.seek(0)
+      workdir_lib.Appender(path).append(log.read())
+
+
 def execute(sweep: list[dict], workdir: str, parallel: int = 1, extra=()) -> list[str]:
   """Run every unfinished run, `parallel` at a time; returns the names of those that failed.
 
@@ -117,11 +132,9 @@ def execute(sweep: list[dict], workdir: str, parallel: int = 1, extra=()) -> lis
   of multi-host runs (`extra` names a coordinator) runs on every host, so there only the runs claim their
   folders, each for the whole job. The unfinished runs are listed once, at the start, so processes of a
   multi-host run all step through the same list. With several at a time each run's output goes to
-  WORKDIR/NAME.log (a local workdir). Stopped by a signal (see Children), it raises train.Stopped.
+  WORKDIR/NAME.log. Stopped by a signal (see Children), it raises train.Stopped.
   """
   root = epath.Path(workdir)
-  if parallel > 1 and "://" in workdir:
-    raise ValueError("--parallel runs log to files in a local workdir; on a TPU VM or a cluster, queue the runs instead")
   pending = [run for run in sweep if not finished(root / run_name(run))]
   for run in sweep:
     if run not in pending:
@@ -137,8 +150,7 @@ def execute(sweep: list[dict], workdir: str, parallel: int = 1, extra=()) -> lis
     args = command(run, str(root / name), extra)
     if parallel == 1:
       return children.run(args)
-    with open(root / f"{name}.log", "a") as log:
-      code = children.run(args, stdout=log, stderr=subprocess.STDOUT)
+    code = logged(root / f"{name}.log", lambda log: children.run(args, stdout=log, stderr=subprocess.STDOUT))
     outcome = {0: "done", 130: "stopped by Ctrl-C", 143: "stopped by SIGTERM"}.get(code, f"failed (exit {code})")
     print(f"{name}: {outcome}" + ("" if code in (0, 130, 143) else f", see {root / name}.log"), flush=True)
     return code

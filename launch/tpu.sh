@@ -2,7 +2,7 @@
 # Run cnnjax on a Cloud TPU VM (one host, or a pod slice of several) with `gcloud compute tpus tpu-vm`.
 #
 #   launch/tpu.sh create  --name=N --zone=Z --type=v4-8 [--version=V] [--project=P] [--spot]
-#   launch/tpu.sh setup   --name=N --zone=Z        # copy this checkout (git HEAD) to every worker, install it
+#   launch/tpu.sh setup   --name=N --zone=Z        # copy this checkout (git HEAD) to every worker, install it (with [gcs])
 #   launch/tpu.sh run     --name=N --zone=Z -- --config=configs/resnet.py:50 --workdir=gs://BUCKET/resnet50
 #   launch/tpu.sh logs    --name=N --zone=Z [--worker=0]
 #   launch/tpu.sh delete  --name=N --zone=Z
@@ -72,7 +72,7 @@ case $command in
     archive=$(mktemp -d)/cnnjax.tar.gz
     do_run git archive --format=tar.gz --output="$archive" HEAD
     do_run "${tpu[@]}" scp "$archive" "${name}:cnnjax.tar.gz" "${where[@]:1}" --worker=all
-    do_run "${tpu[@]}" ssh "${where[@]}" --worker=all --command="rm -rf ~/cnnjax && mkdir ~/cnnjax && tar -xzf ~/cnnjax.tar.gz -C ~/cnnjax && python3 -m venv ~/venv && ~/venv/bin/pip install -q -e ~/cnnjax 'jax[tpu]'"
+    do_run "${tpu[@]}" ssh "${where[@]}" --worker=all --command="rm -rf ~/cnnjax && mkdir ~/cnnjax && tar -xzf ~/cnnjax.tar.gz -C ~/cnnjax && python3 -m venv ~/venv && ~/venv/bin/pip install -q -e ~/cnnjax'[gcs]' 'jax[tpu]'"
     ;;
   run)
     [[ $# -gt 0 ]] || { echo "error: run needs the command's flags after --, e.g. -- --config=configs/resnet.py:50 --workdir=gs://BUCKET/run" >&2; exit 2; }

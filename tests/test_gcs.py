@@ -16,6 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 from etils import epath
 from test_main import _interrupt, _leaves, run
+from test_sweep import run_sweep
 
 from cnnjax import cloud, data
 from cnnjax import workdir as workdir_lib
@@ -131,11 +132,12 @@ def test_one_run_per_bucket_workdir_and_a_stale_claim_is_taken_over(gcs, monkeyp
 @pytest.mark.parametrize("case,bucket,verb,cause", [
     ("missing", "no-such-bucket", "write", "no such bucket (make one: gcloud storage buckets create gs://NAME --location=REGION)"),
     ("read-only", "read-only-bucket", "write", "Permission denied (the account needs roles/storage.objectAdmin on the bucket)"),
-    ("no credentials", "cnnjax-runs", "read", "no Google Cloud credentials (on a laptop run `gcloud auth "
-     "application-default login`; a TPU VM uses its service account)"),
+    ("no credentials", "cnnjax-runs", "read",
+     "no Google Cloud credentials (on a laptop run `gcloud auth application-default login`; a TPU VM uses its service account)"),
 ])  # fmt: skip
 def test_a_bucket_that_is_missing_or_not_writable_or_no_credentials_stop_the_run_in_one_line(gcs, tfds_dir, tmp_path, case, bucket, verb, cause):
-  gcs.bucket(bucket) if case != "missing" else None
+  if case != "missing":
+    gcs.bucket(bucket)
   env = dict(os.environ)
   if case == "no credentials":  # the real GCS, and nowhere credentials could come from
     for key in ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL", "GOOGLE_AUTH_TOKEN_FOR_TESTING", "GOOGLE_APPLICATION_CREDENTIALS"):
@@ -156,3 +158,22 @@ def test_cloud_errors_name_their_cause():
   assert workdir_lib.storage_reason(OSError("Forbidden: https://storage.googleapis.com/...")) == "Permission denied"
   assert workdir_lib.storage_reason(api.NotFound("The specified bucket does not exist.")).startswith("no such bucket")
   assert workdir_lib.storage_reason(ValueError("a bug")) is None
+
+
+ONE_RUN = '''from cnnjax.sweep import grid
+
+
+def get_sweep():
+  return grid(config=["configs/lenet5.py"], num_steps=[2], log_every_steps=[1], eval_every_steps=[2])
+'''
+
+
+def test_a_sweep_in_a_bucket_logs_and_summarises_there(gcs, tfds_dir, tmp_path):
+  file, workdir = tmp_path / "one.py", f"{gcs.bucket('cnnjax-sweeps')}/sweep"
+  file.write_text(ONE_RUN)
+  out = run_sweep(file, workdir, "--parallel=2", env={**os.environ, "TFDS_DATA_DIR": str(tfds_dir)})
+  name = "lenet5__eval_every_steps=2__log_every_steps=1__num_steps=2"
+  assert f"{name}: done" in out and "1 of 1 runs finished" in out
+  written = gcs.objects(workdir)
+  assert {"summary.md", "summary.csv", "summary.png", f"{name}.log", f"{name}/summary.json"} <= written, written
+  assert "done: final step 2" in epath.Path(f"{workdir}/{name}.log").read_text()
