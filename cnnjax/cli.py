@@ -27,6 +27,9 @@ def start():
     logging.set_verbosity(logging.WARNING)
   if not jax.config.jax_compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", default_cache_dir())
+  # every program, not only those compiling for a second or more (JAX's default): a small net's programs each
+  # compile in less, and together they are most of its start-up
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   _report_failed_saves_once()
 
 

@@ -8,15 +8,18 @@ import subprocess
 import sys
 import tempfile
 
-# before anything imports jax: 8 devices, and one persistent compilation cache for the session (each xdist
-# worker has its own) and the commands it starts, so a program several tests build compiles once per worker.
-# LLVM's optimisation of the compiled code is switched off for the suite (and the commands it starts): the tests'
-# programs are tiny and run a few steps, so compiling dominates (one family's test took 40 s with it, 23 s
-# without), while what they check (shapes, values, bit-identical reruns of the same program) does not depend on it.
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-                           " --xla_backend_optimization_level=0")  # fmt: skip
-os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="cnnjax-tests-xla-cache-")
-atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+# before anything imports jax: 8 devices, and one persistent compilation cache for the session, shared by the
+# xdist workers (they inherit the controller's environment) and the commands they start, so a program several
+# tests build compiles once. LLVM's optimisation of the compiled code is switched off for the suite (and the
+# commands it starts): the tests' programs are tiny and run a few steps, so compiling dominates (one family's test
+# took 40 s with it, 23 s without), while what they check (shapes, values, bit-identical reruns of the same
+# program) does not depend on it.
+if "PYTEST_XDIST_WORKER" not in os.environ:  # the controlling process, or a session without workers
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+                             " --xla_backend_optimization_level=0")  # fmt: skip
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="cnnjax-tests-xla-cache-")
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # the tests' programs are small: keep them all
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 import numpy as np
 import pytest
@@ -63,6 +66,44 @@ def local_cifar10(tmp_path_factory):
 
   data_dir = str(tmp_path_factory.mktemp("cifar10_tfds"))
   LocalCifar10(data_dir=data_dir, file_format="array_record").download_and_prepare()
+  return data_dir
+
+
+@pytest.fixture(scope="session")
+def small_tfds(tmp_path_factory):
+  """mnist, cifar100 and imagenette in tfds's real formats (array_record; PNG, PNG and JPEG images), a few
+  examples each, written here as `local_cifar10` writes cifar10: each real builder, fed PIL images."""
+  import tensorflow_datasets as tfds
+  from tensorflow_datasets.image_classification.cifar import Cifar100
+  from tensorflow_datasets.image_classification.mnist import MNIST
+
+  def local(builder, splits, shape, classes):
+    class Local(builder, skip_registration=True):
+      name = builder.name
+
+      def _split_generators(self, dl_manager):
+        return {split: self._generate_examples(split, count) for split, count in splits.items()}
+
+      def _generate_examples(self, split, count):
+        rng = np.random.default_rng(len(split))
+        for i in range(count):
+          size = shape(rng)
+          image = Image.fromarray(rng.integers(0, 256, size, np.uint8).squeeze())
+          example = {"image": image if size[-1] == 3 else np.asarray(image)[..., None], "label": i % classes}
+          if builder is Cifar100:
+            example |= {"id": f"{split}_{i:05d}", "coarse_label": i % 20}
+          yield i, example
+
+    return Local
+
+  data_dir = str(tmp_path_factory.mktemp("small_tfds"))
+  imagenette = tfds.builder_cls("imagenette")
+  for builder, splits, shape, classes in (
+      (MNIST, {"train": 12, "test": 6}, lambda rng: (28, 28, 1), 10),
+      (Cifar100, {"train": 12, "test": 6}, lambda rng: (32, 32, 3), 100),
+      (imagenette, {"train": 12, "validation": 6}, lambda rng: (int(rng.integers(60, 90)), int(rng.integers(60, 90)), 3), 10),
+  ):  # fmt: skip
+    local(builder, splits, shape, classes)(data_dir=data_dir, file_format="array_record").download_and_prepare()
   return data_dir
 
 

@@ -19,7 +19,10 @@ def test_reports_every_field_for_the_step_alone_and_fed(tfds_dir):
   for input_kind in ("fake", "real"):
     report = bench.run(config, input_kind, steps=2, window=1, warmup=1)
     assert FIELDS <= set(report) and report["input"] == input_kind and report["devices"] == 8
-    assert report["img_per_s"] > 0 and abs(report["img_per_s"] * report["step_ms"] / 1e3 - 32) < 0.5
+    # what can be wrong: a compile never timed, a start-up that leaves the compile out, memory in the wrong unit
+    # (a process with JAX and XLA loaded holds several hundred MB; in GB or bytes it would be far off)
+    assert report["compile_s"] > 0 and report["startup_s"] >= report["compile_s"], report
+    assert 100 < report["peak_rss_mb"] < 100_000 and report["img_per_s"] > 0 and report["step_ms"] > 0, report
     assert report["backend"] == "cpu" and report["mfu"] is None  # no known peak for a CPU
     assert report["train_flops_per_image"] == 6 * 326_520  # LeNet-5, partial C3: 326,520 MACs (docs/reference.md, section 1)
 
@@ -69,6 +72,6 @@ def test_the_pytorch_peer_reports_a_step_as_cnnjax_bench_does():
                            "--window=1", "--warmup=1"], capture_output=True, text=True, check=True, cwd=ROOT)  # fmt: skip
   report = json.loads(result.stdout)
   assert report["framework"] == "pytorch" and report["batch"] == 8 and report["params"] == 269_722
-  assert report["img_per_s"] > 0 and report["peak_rss_mb"] > 0
+  assert report["img_per_s"] > 0 and report["peak_rss_mb"] > 100  # torch's own libraries take more than that
   bad = subprocess.run([sys.executable, "-m", "cnnjax.bench_torch", "--model=resnet21"], capture_output=True, text=True)
   assert bad.returncode == 1 and bad.stderr.startswith("error: unknown model 'resnet21'") and "Traceback" not in bad.stderr

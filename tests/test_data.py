@@ -14,10 +14,15 @@ from conftest import write_images
 
 
 def index_dataset(n, shape=(4, 4, 1), style="small"):
-  """n examples whose label is their index (mod 2**31) and whose pixels are index % 256."""
+  """n examples whose label is their index (mod 2**31) and whose pixels are index % 256; for the `imagenet`
+  style, whose crops would all look alike on a flat image, a gradient is added, so each crop shows where it is."""
   images = np.broadcast_to((np.arange(n) % 256).astype(np.uint8)[:, None, None, None], (n, *shape)).copy()
+  if style == "imagenet":
+    h, w = shape[:2]
+    images += (np.arange(h)[:, None, None] * 7 + np.arange(w)[None, :, None] * 13).astype(np.uint8)
   source = ArraySource(images, np.arange(n))
-  return data.Dataset("index", source, source, n, TFDS["cifar10"] if style == "cifar" else data.sources.Spec(style))
+  spec = {"cifar": TFDS["cifar10"], "imagenet": TFDS["imagenette"]}.get(style, data.sources.Spec(style))
+  return data.Dataset("index", source, source, n, spec)
 
 
 def test_digits_builds_offline_without_tensorflow(tmp_path):
@@ -172,7 +177,7 @@ def test_eval_covers_every_example_exactly_once(n, devices, processes, per_devic
 
 
 @settings(max_examples=20)
-@given(st.integers(8, 100), st.sampled_from([1, 2, 3, 4]), st.integers(1, 4), st.integers(0, 99), st.sampled_from(["cifar", "small"]))
+@given(st.integers(8, 100), st.sampled_from([1, 2, 3, 4]), st.integers(1, 4), st.integers(0, 99), st.sampled_from(["cifar", "small", "imagenet"]))
 def test_hosts_read_disjoint_rows_of_the_batches_one_host_would_read(n, processes, local_batch, seed, style):
   """Concatenated in process order, the hosts' batches are the single-host global batches, augmentation included,
   so a run does not depend on how many hosts share it; one epoch of them covers each example at most once."""
@@ -194,7 +199,7 @@ def _equal(a, b):
   return len(a) == len(b) and all(np.array_equal(x[k], y[k]) for x, y in zip(a, b) for k in x)
 
 
-@pytest.mark.parametrize("style", ["cifar", "small"])
+@pytest.mark.parametrize("style", ["cifar", "small", "imagenet"])
 def test_a_restored_iterator_yields_the_same_next_batches(style):
   d = index_dataset(50, (8, 8, 3), style)
   pipeline = lambda: iter(data.train_batches(d, (8, 8, 3), data.Layout(8, local_devices=2), seed=3))
@@ -223,3 +228,20 @@ def test_worker_processes_give_the_same_batches():
 def test_batch_size_must_split_over_devices():
   with pytest.raises(ValueError, match="does not split evenly over 2 host.*4 device"):
     data.Layout(12, local_devices=4, process_count=2)
+
+
+@pytest.mark.parametrize("name,shape,classes,style", [
+    ("mnist", (32, 32, 1), 10, "small"),  # 28x28 digits padded into LeNet-5's 32x32 field
+    ("cifar100", (32, 32, 3), 100, "cifar"),
+    ("imagenette", (64, 64, 3), 10, "imagenet"),  # JPEGs of any size, cropped (train) or resized and centred (test)
+])  # fmt: skip
+def test_the_other_tfds_datasets_read_and_batch_as_their_settings_say(small_tfds, name, shape, classes, style):
+  d = data.load(name, small_tfds)
+  assert d.num_classes == classes and d.spec.style == style and len(d.train) == 12 and len(d.test) == 6
+  batch = next(iter(data.train_batches(d, shape, data.Layout(4, 2), seed=0)))
+  assert batch["image"].shape == (2, 2, *shape) and batch["image"].dtype == np.uint8
+  assert set(batch["label"].ravel().tolist()) <= set(range(classes))
+  evaluation = list(data.eval_batches(d, shape, data.Layout(4, 2)))
+  assert sum(int(b["mask"].sum()) for b in evaluation) == 6  # the whole test split, once
+  if name == "mnist":  # centred, the border zero
+    assert not batch["image"][..., :2, :, :].any() and not batch["image"][..., -2:, :, :].any()

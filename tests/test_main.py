@@ -25,9 +25,16 @@ def run(*args, timeout=300, env=None):
   return subprocess.run(main(*args), capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
 
 
+def _cache_entries(folder) -> dict:
+  return {f.name: f.stat().st_mtime_ns for f in folder.iterdir()}
+
+
 def test_quickstart_end_to_end(tfds_dir, tmp_path):
-  workdir = tmp_path / "run"
-  result = run("--config=configs/lenet5.py", "--config.num_epochs=2", f"--config.data_dir={tfds_dir}", f"--workdir={workdir}")
+  workdir, cache = tmp_path / "run", tmp_path / "xla-cache"
+  env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache)}  # a cache of this test's own, empty at first
+  env.pop("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", None)  # the command's own setting, not the suite's
+  args = ["--config=configs/lenet5.py", "--config.num_epochs=2", f"--config.data_dir={tfds_dir}"]
+  result = run(*args, f"--workdir={workdir}", env=env)
   assert result.returncode == 0, result.stderr
   assert "done: final step 92, test accuracy" in result.stdout
   lines = metrics.read_metrics(workdir / "metrics.jsonl")
@@ -42,6 +49,13 @@ def test_quickstart_end_to_end(tfds_dir, tmp_path):
   evaluation = run("--config=configs/lenet5.py", f"--config.data_dir={tfds_dir}", f"--workdir={workdir}", "--mode=eval")
   assert evaluation.returncode == 0, evaluation.stderr
   assert f"eval_accuracy {summary['eval_accuracy']:.4f}" in evaluation.stdout
+  # README: "a rerun ... of the same config starts without compiling": every program it needs is in the cache
+  # the first run filled, so it writes no entry (a program compiled again would be written again)
+  compiled = _cache_entries(cache)
+  assert len(compiled) >= 3  # init, the train step, the eval step at least
+  rerun = run(*args, f"--workdir={tmp_path / 'rerun'}", env=env)
+  assert rerun.returncode == 0 and "done: final step 92" in rerun.stdout, rerun.stderr
+  assert _cache_entries(cache) == compiled
 
 
 def _final_params(workdir, step):

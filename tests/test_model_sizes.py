@@ -54,6 +54,8 @@ def test_parameter_count_and_output_at_the_paper_input(name):
   variables = complexity.abstract_variables(model, models.input_shape(name))
   if name in PARAMS:
     assert complexity.size(variables["params"]) == PARAMS[name]
+  if name == "resnet1202":  # the output is ResNet-110's code path, 11 times as long to trace
+    return
   x = jax.ShapeDtypeStruct((2, *models.input_shape(name)), jnp.float32)
   logits, out = jax.eval_shape(lambda v, x: model.apply(v, x), variables, x)
   assert logits.shape == (2, model.num_classes) and "pre_logits" in out

@@ -1,6 +1,7 @@
 """The sweep runner on a tiny grid: two LeNet-5 runs on digits, skipped when finished, resumed when not,
 summarised into one table and plot; and the sweep file the repository ships."""
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -43,7 +44,9 @@ def test_a_sweep_runs_skips_resumes_and_summarises(tmp_path, tfds_dir):
 
   rows = list(csv.DictReader((workdir / "summary.csv").open()))
   assert [r["run"] for r in rows] == names and {r["learning_rate"] for r in rows} == {"0.01", "0.05"}
-  assert all(r["final_step"] == "4" and 0 <= float(r["test_error"]) <= 100 for r in rows)
+  for r in rows:  # each row is its run's summary, the error in percent
+    summary = json.loads((workdir / r["run"] / "summary.json").read_text())
+    assert r["final_step"] == "4" and float(r["test_error"]) == pytest.approx(100 * (1 - summary["eval_accuracy"]), abs=0.006)  # (rounded to 0.01)
   assert len((workdir / "summary.md").read_text().splitlines()) == 2 + 2 and (workdir / "summary.png").stat().st_size > 0
   assert run_sweep(file, workdir, "--print_commands", env=env).strip() == ""  # nothing left to run
 

@@ -231,3 +231,38 @@ def test_prefetch_pairs_each_batch_with_the_state_after_it_and_raises_pipeline_e
   early = train.prefetch_to_device(_Numbered(), mesh)
   next(early)
   early.close()  # a loop that stops early: the reading thread ends (close() joins it) instead of blocking forever
+
+
+@pytest.mark.parametrize("classes", [20, 10])
+def test_top5_beyond_ten_classes_is_the_share_of_labels_among_the_five_largest_logits(classes):
+  """eval_top5 (reported when a dataset has more than 10 classes) against a hand count. The 'model' reads its
+  logits off the image's first row, so every logit is known; 37 examples leave a padded, masked last batch."""
+  from flax import linen as nn
+
+  class LogitsInTheImage(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      return x[:, 0, :classes, 0], {}
+
+  rng = np.random.default_rng(0)
+  n = 37
+  images = np.zeros((n, classes, classes, 1), np.uint8)
+  images[:, 0, :, 0] = [rng.permutation(classes) * 12 for _ in range(n)]  # distinct logits: no ties to break
+  labels = rng.integers(0, classes, n)
+  source = data.sources.ArraySource(images, labels)
+  dataset = data.Dataset("logits", source, source, classes, data.sources.Spec("small", ((0.0,), (1.0,))))
+  model = LogitsInTheImage()
+  step_config = train.StepConfig(model, lambda step: 0.0, (0.0,), (1.0,))
+  config = config_lib.base()
+  config.image_size, config.channels, config.workers = classes, 1, 0
+  run = train.Run(config, dataset, data.Layout(16, jax.local_device_count()), 1, 1, step_config, optax.sgd(0.0))
+  state = train.TrainState.create(apply_fn=model.apply, params={}, batch_stats={}, tx=optax.sgd(0.0))
+  result = train.evaluate_state(train.pmapped_steps(step_config)[1], state, run)
+
+  logits = images[:, 0, :, 0].astype(int)
+  assert result["eval_accuracy"] == sum(np.argmax(logits[i]) == labels[i] for i in range(n)) / n
+  if classes > 10:
+    top5 = sum(labels[i] in sorted(range(classes), key=lambda c: -logits[i, c])[:5] for i in range(n))
+    assert 0 < top5 < n and result["eval_top5"] == top5 / n
+  else:
+    assert "eval_top5" not in result

@@ -88,3 +88,50 @@ def test_normalize_by_hand():
   out = transforms.normalize(images, (100, 50, 0), (1, 2, 4))
   assert out.dtype == np.float32
   np.testing.assert_allclose(out[0, 0, 0], [0, 25, 25])
+
+
+def test_crop_windows_are_spread_as_inception_sampling_draws_them():
+  """Szegedy et al. 2014, section 6 (torchvision's RandomResizedCrop): area uniform in [8%, 100%] of the image,
+  aspect ratio log-uniform in [3/4, 4/3], the window anywhere it fits. 4000 draws on a 1000x1000 image (where
+  whole pixels move area and aspect by little); bounds are 6 standard deviations of a count."""
+  rng = np.random.default_rng(0)
+  y, x, ch, cw = np.array([transforms.random_crop_window(1000, 1000, rng) for _ in range(4000)]).T
+  area, log_aspect = ch * cw / 1e6, np.log(cw / ch)
+  assert 0.08 - 0.002 <= area.min() < 0.09 and area.max() > 0.95
+  assert np.log(3 / 4) - 0.01 <= log_aspect.min() < np.log(3 / 4) + 0.02
+  assert np.log(4 / 3) - 0.02 < log_aspect.max() <= np.log(4 / 3) + 0.01
+  # below 60% of the area every draw fits whatever its aspect, so there the area is uniform: 4 equal bins
+  low = area[area < 0.6]
+  counts = np.histogram(low, bins=4, range=(0.08, 0.6))[0]
+  assert np.all(np.abs(counts - counts.mean()) < 6 * np.sqrt(counts.mean())), counts
+  # log-uniform aspect: as many wide as tall windows, and each quarter of the log range equally often
+  counts = np.histogram(log_aspect[area < 0.5], bins=4, range=(np.log(3 / 4), np.log(4 / 3)))[0]
+  assert np.all(np.abs(counts - counts.mean()) < 6 * np.sqrt(counts.mean())), counts
+  # placed anywhere: not centred, the free room used evenly
+  centred = (y == (1000 - ch) // 2) & (x == (1000 - cw) // 2)
+  assert centred.mean() < 0.02
+  room = (ch < 900) & (cw < 900)
+  for offset, side in ((y, ch), (x, cw)):
+    where = offset[room] / (1000 - side[room])  # 0 at the top/left, 1 at the bottom/right
+    assert abs(where.mean() - 0.5) < 0.03 and where.min() < 0.02 and where.max() > 0.98
+
+
+def test_when_no_try_fits_the_window_is_the_central_crop_of_the_nearest_allowed_aspect():
+  # a 10x1000 strip: no window of 8% of its area or more at aspect 3/4..4/3 fits its height of 10, so the
+  # central crop at 4/3, the nearest allowed aspect: 10 rows, round(10 * 4/3) = 13 columns, left at (1000 - 13) // 2
+  rng = np.random.default_rng(0)
+  assert {transforms.random_crop_window(10, 1000, rng) for _ in range(20)} == {(0, 493, 10, 13)}
+  # and a 1000x10 strip: at 3/4, 10 columns and round(10 / (3/4)) = 13 rows, top at (1000 - 13) // 2
+  assert {transforms.random_crop_window(1000, 10, rng) for _ in range(20)} == {(493, 0, 13, 10)}
+
+
+def test_random_resized_crop_flips_half_the_images():
+  # brightness grows left to right, so a flipped crop is darker on its right
+  image = np.tile(np.arange(0, 256, 4, dtype=np.uint8)[None, :, None], (64, 1, 3))
+  rng = np.random.default_rng(0)
+  crops = [transforms.random_resized_crop(image, rng, 16) for _ in range(1000)]
+  flipped = np.mean([int(c[:, 0].sum()) > int(c[:, -1].sum()) for c in crops])
+  assert abs(flipped - 0.5) < 5 * np.sqrt(0.25 / 1000)
+  assert not any(int(c[:, 0].sum()) == int(c[:, -1].sum()) for c in crops)  # every crop has a direction
+  no_flip = [transforms.random_resized_crop(image, rng, 16, flip=False) for _ in range(50)]
+  assert all(int(c[:, 0].sum()) < int(c[:, -1].sum()) for c in no_flip)

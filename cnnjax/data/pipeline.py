@@ -62,15 +62,19 @@ def read_batch(source, indices, input_shape, style: str, train: bool, rng=None, 
   """Examples `indices` of `source` as {'image': uint8 [B, H, W, C], 'label': int32 [B]}.
 
   In-memory sources hand over whole arrays (`read_batch` of their own); tfds sources read their records
-  in one batched call; images that are not yet the model's size go through `fit_example` one by one, example
-  i with the (first + i)-th child of `rng`, so a host reading rows first.. of a global batch crops them as a
-  single host would.
+  in one batched call; images that are not yet the model's size go through `fit_example` one by one. Random
+  crops of row first + i of the global batch use a generator seeded by (one draw of `rng`, first + i), so a
+  host reading rows first.. crops them as a single host would. (Not rng.spawn: a generator's children are
+  numbered across all its spawns, so they would depend on what this process spawned before.)
   """
   indices = np.asarray(indices)
   if hasattr(source, "read_batch") and source.image_shape == tuple(input_shape) and style != "imagenet":
     return source.read_batch(indices)
   records = source.__getitems__(indices.tolist()) if hasattr(source, "__getitems__") else [source[int(i)] for i in indices]
-  rngs = rng.spawn(first + len(records))[first:] if rng is not None else [None] * len(records)
+  rngs = [None] * len(records)
+  if rng is not None and style == "imagenet" and train:
+    key = int(rng.integers(2**63))  # every host makes this one draw from the batch's generator
+    rngs = [np.random.default_rng([key, first + i]) for i in range(len(records))]
   images = [
       r["image"] if r["image"].shape == tuple(input_shape) and style != "imagenet" else fit_example(r, input_shape, style, train, g)
       for r, g in zip(records, rngs)

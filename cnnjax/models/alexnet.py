@@ -17,7 +17,7 @@ from typing import NamedTuple
 import flax.linen as nn
 
 from cnnjax.models.blocks import ConvUnit
-from cnnjax.models.layers import (Dropout, activation, adaptive_avg_pool, conv_norm, global_avg_pool, local_response_norm,
+from cnnjax.models.layers import (Dropout, activation, adaptive_avg_pool, check_sizes, conv_norm, global_avg_pool, local_response_norm,
                                   max_pool)
 
 
@@ -81,6 +81,7 @@ class AlexNet(nn.Module):
     if self.layout not in LAYOUTS:
       raise ValueError(f"unknown AlexNet layout {self.layout!r}; valid: {', '.join(LAYOUTS)}")
     layout = LAYOUTS[self.layout]
+    check_sizes(fc_width=self.fc_width)
     act = activation(self.activation)
     norm = conv_norm(self.norm, train, choices=("lrn", "batchnorm", "none"), axis_name=self.axis_name)
     out = {}

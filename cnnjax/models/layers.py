@@ -108,6 +108,15 @@ class Dropout(nn.Module):
     return lax.select(mask, x / keep, jnp.zeros_like(x))
 
 
+def check_sizes(**sizes):
+  """Raise ValueError unless every named size (an int, or a sequence of them: widths, stage lengths) is a
+  positive integer; a layer of 0 or -3 channels would fail deep inside the init with an XLA shape error."""
+  for name, value in sizes.items():
+    values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+      raise ValueError(f"{name} must be positive integers, not {value!r}")
+
+
 def scaled_tanh(x):
   """LeNet-5's squashing function f(a) = A tanh(S a), A = 1.7159, S = 2/3 (LeCun et al. 1998, appendix A)."""
   return 1.7159 * jnp.tanh(x * (2.0 / 3.0))

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 
 from cnnjax.models.blocks import ConvUnit, ResidualBlock
-from cnnjax.models.layers import activation, conv_norm, global_avg_pool, max_pool
+from cnnjax.models.layers import activation, check_sizes, conv_norm, global_avg_pool, max_pool
 
 # He et al. 2015 initialise "as in [13]" (the PReLU paper): a normal with variance 2/fan; torchvision
 # uses fan-out, as here.
@@ -54,6 +54,7 @@ class ResNet(nn.Module):
       raise ValueError(f"unknown stem {self.stem!r}; valid: imagenet, cifar")
     if self.remat not in REMAT:
       raise ValueError(f"unknown remat {self.remat!r}; valid: {', '.join(REMAT)}")
+    check_sizes(widths=self.widths, stage_sizes=self.stage_sizes)
     if len(self.widths) != len(self.stage_sizes):
       raise ValueError(f"widths {tuple(self.widths)} must give one width per stage of {tuple(self.stage_sizes)}")
     act = activation(self.activation)

@@ -14,7 +14,7 @@ from typing import Sequence
 import flax.linen as nn
 
 from cnnjax.models.blocks import ConvUnit
-from cnnjax.models.layers import Dropout, activation, adaptive_avg_pool, conv_norm, global_avg_pool, max_pool
+from cnnjax.models.layers import Dropout, activation, adaptive_avg_pool, check_sizes, conv_norm, global_avg_pool, max_pool
 
 # The paper initialised deeper nets from net A, and notes Glorot & Bengio's initialisation makes that
 # unnecessary (section 3.1); biases start at zero.
@@ -34,6 +34,7 @@ class VGG(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    check_sizes(widths=self.widths, block_sizes=self.block_sizes, fc_width=self.fc_width)
     if len(self.widths) != len(self.block_sizes):
       raise ValueError(f"widths {tuple(self.widths)} must give one width per block of {tuple(self.block_sizes)}")
     act = activation(self.activation)

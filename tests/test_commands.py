@@ -1,0 +1,52 @@
+"""The README's and WORKSPACE's smaller commands, run as a user runs them (the training, sweep and experiment
+commands have tests of their own): each ends with the output its documentation promises."""
+import json
+import os
+import subprocess
+import sys
+
+from test_main import ROOT
+from test_sweep import TINY
+
+
+def start(*args, env=None) -> subprocess.Popen:
+  return subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, env=env)  # fmt: skip
+
+
+def finish(process: subprocess.Popen) -> str:
+  out, err = process.communicate(timeout=300)
+  assert process.returncode == 0 and "Traceback" not in err, err[-2000:]
+  return out
+
+
+def test_gradflow_throughput_bench_and_a_pending_sweep_as_commands(tfds_dir, tmp_path):
+  env = {**os.environ, "TFDS_DATA_DIR": tfds_dir}
+  sweep_file = tmp_path / "tiny.py"
+  sweep_file.write_text(TINY)
+  # side by side: each spends most of its time importing
+  processes = {
+      "gradflow": start("cnnjax.gradflow", "--config=configs/lenet5.py", f"--workdir={tmp_path / 'gradflow'}", "--steps=0,2", env=env),
+      "throughput": start("cnnjax.data.throughput", "--style=cifar", "--batch=16", "--steps=3"),
+      "bench": start("cnnjax.bench", "--config=configs/lenet5.py", "--format=json", "--steps=2", "--window=1", env=env),
+      "print": start("cnnjax.sweep", f"--sweep={sweep_file}", f"--workdir={tmp_path / 'sweep'}", "--print_commands"),
+      "summary": start("cnnjax.sweep", f"--sweep={sweep_file}", f"--workdir={tmp_path / 'sweep'}", "--summary_only"),
+  }  # fmt: skip
+  out = {name: finish(p) for name, p in processes.items()}
+
+  report = json.loads((tmp_path / "gradflow" / "gradflow.json").read_text())
+  assert [s["step"] for s in report["steps"]] == [0, 2] and report["model"] == "lenet5"
+  assert out["gradflow"].splitlines()[0].startswith("step 0: first layer ")
+  assert (tmp_path / "gradflow" / "gradflow.png").read_bytes()[:4] == b"\x89PNG"
+
+  rates = dict(line.split() for line in out["throughput"].splitlines())
+  assert rates and all(float(v) > 0 for v in rates.values()), out["throughput"]
+
+  bench = json.loads(out["bench"].strip().splitlines()[-1])
+  assert bench["img_per_s"] > 0 and bench["devices"] == 8 and bench["input"] == "fake"
+
+  commands = out["print"].strip().splitlines()  # nothing has run: one `cnnjax.main` line per run, to queue
+  assert len(commands) == 2 and all(c.startswith("python -m cnnjax.main --config=configs/lenet5.py ") for c in commands)
+  assert {c.split("--config.learning_rate=")[1].split()[0] for c in commands} == {"0.01", "0.05"}
+  assert all(f"--workdir={tmp_path / 'sweep'}/lenet5__" in c for c in commands)
+  assert f"no summary yet in {tmp_path / 'sweep'}" in out["summary"]
