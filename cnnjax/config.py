@@ -69,13 +69,15 @@ def load(name: str, arg: str = "") -> ml_collections.ConfigDict:
 
 
 # (lowest, highest) of the numeric fields; None: unbounded on that side. Where an end is excluded, `validate` says so.
+# Step counts stay below 2**31 (the step counter is an int32 on the devices), epoch counts below a million.
+STEPS, EPOCHS = 2**31, 10**6
 RANGES = {
     "image_size": (1, None), "workers": (0, None), "seed": (0, None), "batch_size": (1, None),
-    "num_epochs": (0, None), "num_steps": (0, None), "learning_rate": (0, None), "momentum": (0, 1),
-    "weight_decay": (0, None), "lr_decay_factor": (0, None), "lr_decay_every_epochs": (0, None),
-    "warmup_epochs": (0, None), "warmup_steps": (0, None), "warmup_lr": (0, None), "label_smoothing": (0, 1),
-    "aux_loss_weight": (0, None), "log_every_steps": (1, None), "eval_every_epochs": (0, None),
-    "eval_every_steps": (0, None), "checkpoint_every_steps": (0, None), "keep_checkpoints": (1, None),
+    "num_epochs": (0, EPOCHS), "num_steps": (0, STEPS), "learning_rate": (0, None), "momentum": (0, 1),
+    "weight_decay": (0, None), "lr_decay_factor": (0, None), "lr_decay_every_epochs": (0, EPOCHS),
+    "warmup_epochs": (0, EPOCHS), "warmup_steps": (0, STEPS), "warmup_lr": (0, None), "label_smoothing": (0, 1),
+    "aux_loss_weight": (0, None), "log_every_steps": (1, STEPS), "eval_every_epochs": (0, EPOCHS),
+    "eval_every_steps": (0, STEPS), "checkpoint_every_steps": (0, STEPS), "keep_checkpoints": (1, None),
 }  # fmt: skip
 CHOICES = {
     "channels": (1, 3), "schedule": ("constant", "step", "exponential", "cosine"), "warmup_type": ("linear", "constant"),
@@ -94,9 +96,9 @@ def validate(c) -> None:
   for field, allowed in CHOICES.items():
     if c[field] not in allowed:
       raise ValueError(f"unknown {field} {c[field]!r}; valid: {', '.join(map(str, allowed))}")
-  for field in ("lr_decay_epochs", "lr_decay_steps"):
-    if any(not math.isfinite(v) or v < 0 for v in c[field]):
-      raise ValueError(f"{field}={_show(c[field])} must list non-negative numbers")
+  for field, high in (("lr_decay_epochs", EPOCHS), ("lr_decay_steps", STEPS)):
+    if any(not math.isfinite(v) or not 0 <= v < high for v in c[field]):
+      raise ValueError(f"{field}={_show(c[field])} must list numbers from 0 to below {high}")
   if not (c.num_steps or c.num_epochs):
     raise ValueError("num_steps and num_epochs are both 0: there is nothing to train")
   if c.schedule == "exponential" and not c.lr_decay_every_epochs:

@@ -89,7 +89,7 @@ def small_tfds(tmp_path_factory):
         for i in range(count):
           size = shape(rng)
           image = Image.fromarray(rng.integers(0, 256, size, np.uint8).squeeze())
-          example = {"image": image if size[-1] == 3 else np.asarray(image)[..., None], "label": i % classes}
+          example = {"image": image, "label": i % classes}
           if builder is Cifar100:
             example |= {"id": f"{split}_{i:05d}", "coarse_label": i % 20}
           yield i, example

@@ -77,15 +77,24 @@ TINY_VGG = ["--config=configs/vgg.py:11,bn,local", "--config.model_options.width
 
 
 def _interrupt(args, workdir, at_step: int, signals, log) -> subprocess.Popen:
-  """Run cnnjax.main until it logs `at_step`, then send `signals` (one after another); returns the ended process."""
-  process = subprocess.Popen(main(*args, f"--workdir={workdir}"), stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
+  """Run cnnjax.main until it logs `at_step`, then send `signals` (one after another); returns the ended process.
+
+  Its stderr goes to the file `log` (a path; or subprocess.DEVNULL). A second signal is sent once the run has
+  said it is stopping, so that it arrives while the first is handled (two sent together would merge into one)."""
+  err = open(log, "a") if log is not subprocess.DEVNULL else log
+  process = subprocess.Popen(main(*args, f"--workdir={workdir}"), stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT)
   for line in process.stdout:
     if line.startswith(f"step {at_step}/"):
-      for signum in signals:
+      for i, signum in enumerate(signals):
+        said = open(log).read().count("stopping after this step") if i + 1 < len(signals) else 0
         process.send_signal(signum)
-        time.sleep(0.02)
+        deadline = time.time() + 10
+        while i + 1 < len(signals) and open(log).read().count("stopping after this step") == said and time.time() < deadline:
+          time.sleep(0.001)
       break
   process.communicate(timeout=120)
+  if err is not subprocess.DEVNULL:
+    err.close()
   return process
 
 
@@ -100,7 +109,7 @@ def test_runs_stopped_or_killed_at_random_points_resume_to_bit_identical_paramet
   cuts = sorted(rng.choice(np.arange(3, 37), 4, replace=False))
   events = [(signal.SIGKILL,), (signal.SIGTERM,), (signal.SIGINT,), (signal.SIGINT, signal.SIGINT)]
   rng.shuffle(events)
-  workdir, log = tmp_path / "interrupted", open(tmp_path / "log", "w")
+  workdir, log = tmp_path / "interrupted", tmp_path / "log"
   done = 0
   for at_step, signals in zip(cuts, events):
     if at_step <= done:  # the resumed run starts after its last checkpoint: interrupt it a step later
@@ -113,8 +122,7 @@ def test_runs_stopped_or_killed_at_random_points_resume_to_bit_identical_paramet
     if signals in ((signal.SIGTERM,), (signal.SIGINT,)):  # a checkpoint of the step it stopped at
       assert max(saved) >= at_step, what
     done = max(saved, default=0)
-  log.close()
-  errors = (tmp_path / "log").read_text()
+  errors = log.read_text()
   assert "stopped by SIGTERM at step" in errors and "stopped by Ctrl-C at step" in errors, errors
   assert "stopped at once by a second Ctrl-C" in errors and "Traceback" not in errors, errors
   resumed = run(*args, f"--workdir={workdir}")
