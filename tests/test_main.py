@@ -1,5 +1,6 @@
 """`python -m cnnjax.main` as a user runs it: the quickstart; stops (SIGKILL, SIGTERM, Ctrl-C) and resumes; one run per
 workdir; full and read-only disks; bad input."""
+import contextlib
 import json
 import os
 import pathlib
@@ -81,20 +82,20 @@ def _interrupt(args, workdir, at_step: int, signals, log) -> subprocess.Popen:
 
   Its stderr goes to the file `log` (a path; or subprocess.DEVNULL). A second signal is sent once the run has
   said it is stopping, so that it arrives while the first is handled (two sent together would merge into one)."""
-  err = open(log, "a") if log is not subprocess.DEVNULL else log
-  process = subprocess.Popen(main(*args, f"--workdir={workdir}"), stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT)
-  for line in process.stdout:
-    if line.startswith(f"step {at_step}/"):
-      for i, signum in enumerate(signals):
-        said = open(log).read().count("stopping after this step") if i + 1 < len(signals) else 0
-        process.send_signal(signum)
-        deadline = time.time() + 10
-        while i + 1 < len(signals) and open(log).read().count("stopping after this step") == said and time.time() < deadline:
-          time.sleep(0.001)
-      break
-  process.communicate(timeout=120)
-  if err is not subprocess.DEVNULL:
-    err.close()
+  stopping = lambda: pathlib.Path(log).read_text().count("stopping after this step")
+  with contextlib.ExitStack() as stack:
+    err = log if log is subprocess.DEVNULL else stack.enter_context(open(log, "a"))
+    process = subprocess.Popen(main(*args, f"--workdir={workdir}"), stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT)
+    for line in process.stdout:
+      if line.startswith(f"step {at_step}/"):
+        for i, signum in enumerate(signals):
+          before = stopping() if i + 1 < len(signals) else None
+          process.send_signal(signum)
+          deadline = time.time() + 10
+          while before is not None and stopping() == before and time.time() < deadline:
+            time.sleep(0.001)
+        break
+    process.communicate(timeout=120)
   return process
 
 
