@@ -22,7 +22,7 @@ from cnnjax import models
 from cnnjax import workdir as workdir_lib
 
 # The fields that fix the shapes of the parameters: a workdir is only resumed by the same model.
-IDENTITY = ("model", "model_options", "dataset", "image_size", "channels")
+IDENTITY = ("model", "model_options", "dataset", "image_size", "channels", "trainable")
 # The fields that fix what a step is (how many examples, in which order): a resume must keep them, or the saved
 # step count and data position would silently mean something else.
 STEP_MEANING = ("batch_size", "seed")
@@ -142,6 +142,22 @@ class Checkpointer:
     self.manager.close()
 
 
+def is_workdir(path: str) -> bool:
+  """Whether `path` (a local or gs:// folder) is a cnnjax workdir: it has the config.json of its run."""
+  return (workdir_lib.resolve(path) / "config.json").exists()
+
+
+def latest_variables(workdir: str) -> dict:
+  """{'params', 'batch_stats'} of the newest checkpoint in `workdir`, read without knowing the run's optimizer
+  (a fine-tuning's init_from)."""
+  directory = workdir_lib.resolve(workdir) / "checkpoints"
+  steps = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()), reverse=True) if directory.exists() else []
+  if not steps:
+    raise CheckpointError(f"no checkpoint in {directory} to start from")
+  state = ocp.StandardCheckpointer().restore(directory / str(steps[0]) / "state")
+  return {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
+
+
 def _all_options(config_dict: dict) -> dict:
   """The model's options as the model sees them: an option at its default is the same whether or not the config
   listed it (config files list them all since they return through config.finish; older workdirs did not)."""
@@ -156,6 +172,7 @@ def _all_options(config_dict: dict) -> dict:
 def _refuse_other_runs(workdir, theirs: dict, ours: dict):
   """CheckpointError unless a config may resume the checkpoints another made: same model and same steps."""
   theirs, ours = (dict(c, model_options=_all_options(c)) for c in (theirs, ours))
+  theirs.setdefault("trainable", "all")  # (workdirs from before fine-tuning existed)
   differ = {k: (theirs.get(k), ours.get(k)) for k in IDENTITY if theirs.get(k) != ours.get(k)}
   if differ:
     raise CheckpointError(

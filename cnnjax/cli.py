@@ -88,7 +88,7 @@ def run(main, config_flag: str = "config"):
   a dataset error's hint names the command's own --config, when it has one)."""
 
   def guarded(argv):
-    config_path = flags.FLAGS[config_flag].config_filename if config_flag in flags.FLAGS else ""
+    config_path = flags.FLAGS[config_flag].config_filename if config_flag in flags.FLAGS and flags.FLAGS[config_flag].present else ""
     with one_line_errors(config_path):
       return main(argv)
 

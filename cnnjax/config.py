@@ -29,6 +29,8 @@ def base() -> ml_collections.ConfigDict:
   c.workers = 0  # grain worker processes (image decoding); 0 reads in a background thread
   c.bad_images = "skip"  # imagefolder: 'skip' files that cannot be decoded, with a warning, or 'stop' at them
   c.seed = 0
+  c.init_from = ""  # start from these weights: a cnnjax workdir, or torchvision's .pth / .safetensors for the model
+  c.trainable = "all"  # or 'head': only the classifier trains, on the frozen body's features (linear probing)
 
   c.batch_size = 256  # global, over all devices and hosts
   c.num_epochs = 90.0
@@ -68,6 +70,26 @@ def load(name: str, arg: str = "") -> ml_collections.ConfigDict:
   return module.get_config(arg) if arg else module.get_config()
 
 
+def from_workdir(workdir: str) -> ml_collections.ConfigDict:
+  """The config a workdir's run was made with (its config.json), as a config file would give it."""
+  import json
+
+  from cnnjax import workdir as workdir_lib
+
+  path = workdir_lib.resolve(workdir) / "config.json"
+  if not path.exists():
+    raise ValueError(f"{workdir} has no config.json: give the run's --config (or a cnnjax workdir)")
+  saved, c = json.loads(path.read_text()), base()
+  unknown = sorted(set(saved) - set(c))
+  if unknown:
+    raise ValueError(f"{path} has field(s) this version does not know: {', '.join(unknown)}; give the run's --config")
+  for field, value in saved.items():
+    if field != "model_options":
+      c[field] = tuple(value) if isinstance(c[field], tuple) else value
+  c.model_options = ml_collections.ConfigDict({k: tuple(v) if isinstance(v, list) else v for k, v in saved["model_options"].items()})
+  return finish(c)
+
+
 # (lowest, highest) of the numeric fields; None: unbounded on that side. Where an end is excluded, `validate` says so.
 # Step counts stay below 2**31 (the step counter is an int32 on the devices), epoch counts below a million.
 STEPS, EPOCHS = 2**31, 10**6
@@ -81,7 +103,7 @@ RANGES = {
 }  # fmt: skip
 CHOICES = {
     "channels": (1, 3), "schedule": ("constant", "step", "exponential", "cosine"), "warmup_type": ("linear", "constant"),
-    "dtype": ("float32", "bfloat16", "float64"), "bad_images": ("skip", "stop"),
+    "dtype": ("float32", "bfloat16", "float64"), "bad_images": ("skip", "stop"), "trainable": ("all", "head"),
 }  # fmt: skip
 
 

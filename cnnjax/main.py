@@ -1,4 +1,5 @@
 """python -m cnnjax.main --config=configs/NAME.py[:ARG] [--config.FIELD=VALUE ...] [--workdir=DIR] [--mode=train|eval]
+python -m cnnjax.main --mode=eval --workdir=DIR          # with the config the workdir was made with
     [--coordinator_address=HOST:PORT --num_processes=N --process_id=I]     # one of N processes of a run
 
 Parses flags and calls cnnjax.train; everything else is importable and tested on its own.
@@ -27,7 +28,6 @@ def define_flags():
   flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go; rerun with the same workdir to resume. "
                       "Default: a new folder under ./runs/.")  # fmt: skip
   flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (and evaluate), or evaluate the workdir's latest checkpoint.")
-  flags.mark_flags_as_required(["config"])
   cli.define_distributed_flags()
 
 
@@ -36,8 +36,14 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   cli.start_distributed()
   cli.start()
+  if not FLAGS["config"].present:  # evaluating a workdir needs no config: it has its run's own
+    if FLAGS.mode != "eval" or not FLAGS.workdir:
+      raise app.UsageError("--config is required (to evaluate a workdir with the config it was trained with: "
+                           "--mode=eval --workdir=DIR)")  # fmt: skip
+    config = config_lib.from_workdir(FLAGS.workdir)
+  else:
+    config = config_lib.from_command_line(FLAGS["config"])
   workdir = FLAGS.workdir or default_workdir(FLAGS["config"].config_filename)
-  config = config_lib.from_command_line(FLAGS["config"])
   if FLAGS.mode == "train":
     train.train_and_evaluate(config, workdir)
   else:

@@ -28,6 +28,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from cnnjax import checkpoint, data, metrics, models
+from cnnjax.models import pretrained
 from cnnjax import config as config_lib
 from cnnjax import workdir as workdir_lib
 from cnnjax.models.googlenet import AUX_HEADS
@@ -85,12 +86,17 @@ def create_learning_rate_fn(config, steps_per_epoch: int) -> optax.Schedule:
   return optax.join_schedules([ramp, main], [warmup])
 
 
-def create_optimizer(config, learning_rate_fn) -> optax.GradientTransformation:
-  """SGD with momentum and weight decay added to the gradient (PyTorch's and Caffe's coupled form)."""
-  return optax.chain(
+def create_optimizer(config, learning_rate_fn, classifier: str | None = None) -> optax.GradientTransformation:
+  """SGD with momentum and weight decay added to the gradient (PyTorch's and Caffe's coupled form). With a
+  `classifier` (trainable='head'), every other layer is frozen: its update, weight decay included, is zero."""
+  sgd = optax.chain(
       optax.add_decayed_weights(config.weight_decay),
       optax.sgd(learning_rate_fn, momentum=config.momentum or None, nesterov=config.nesterov),
   )
+  if classifier is None:
+    return sgd
+  frozen = lambda params: {k: jax.tree.map(lambda _: k != classifier, v) for k, v in params.items()}
+  return optax.chain(sgd, optax.masked(optax.set_to_zero(), frozen))
 
 
 def total_steps(config, steps_per_epoch: int) -> int:
@@ -145,6 +151,7 @@ class StepConfig:
   aux_loss_weight: float = 0.3
   compute_dtype: Any = jnp.float32
   seed: int = 0
+  classifier: str | None = None  # trainable='head': the one layer that trains; the body is a fixed feature extractor
 
 
 def loss_fn(params, state: TrainState, images, labels, cfg: StepConfig, dropout_key):
@@ -153,8 +160,12 @@ def loss_fn(params, state: TrainState, images, labels, cfg: StepConfig, dropout_
   Returns (objective, (main loss, logits, BatchNorm updates, intermediates)).
   """
   params = jax.tree.map(lambda p: p.astype(cfg.compute_dtype), params)  # bf16 compute, fp32 master weights
+  frozen_body = cfg.classifier is not None
+  if frozen_body:  # no backward pass through the body, which runs as in evaluation: BatchNorm on its running
+    #             statistics (left as they are), no dropout
+    params = {k: v if k == cfg.classifier else lax.stop_gradient(v) for k, v in params.items()}
   (logits, out), updates = state.apply_fn(
-      {"params": params, "batch_stats": state.batch_stats}, images.astype(cfg.compute_dtype), train=True,
+      {"params": params, "batch_stats": state.batch_stats}, images.astype(cfg.compute_dtype), train=not frozen_body,
       rngs={"dropout": dropout_key}, mutable=["batch_stats"],
   )  # fmt: skip
   loss = cross_entropy(logits, labels, cfg.label_smoothing)
@@ -173,7 +184,8 @@ def train_step(state: TrainState, batch, step_config: StepConfig):
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   (_, (loss, logits, updates, _)), grads = grad_fn(state.params, state, images, batch["label"], cfg, dropout_key)
   grads = lax.pmean(grads, AXIS)
-  batch_stats = lax.pmean(updates.get("batch_stats", {}), AXIS)  # already equal when BatchNorm is synchronised
+  batch_stats = state.batch_stats if cfg.classifier else lax.pmean(updates.get("batch_stats", {}), AXIS)  # (equal
+  # already when BatchNorm is synchronised)
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
   return state, lax.pmean({"loss": loss, "accuracy": accuracy, "learning_rate": cfg.learning_rate_fn(state.step - 1)}, AXIS)
@@ -299,9 +311,31 @@ def build(config, dataset: data.Dataset | None = None) -> Run:
   if dtype == jnp.float64 and not jax.config.jax_enable_x64:
     raise ValueError("dtype float64 needs JAX's 64-bit mode: set JAX_ENABLE_X64=1")
   mean, std = normalization(dataset, config.channels)
-  step_config = StepConfig(model, lr_fn, mean, std, config.label_smoothing, config.aux_loss_weight, dtype, config.seed)
-  optimizer = create_optimizer(config, lr_fn)
+  classifier = model.CLASSIFIER if config.trainable == "head" else None
+  step_config = StepConfig(model, lr_fn, mean, std, config.label_smoothing, config.aux_loss_weight, dtype, config.seed, classifier)
+  optimizer = create_optimizer(config, lr_fn, classifier)
   return Run(config, dataset, layout, steps_per_epoch, total_steps(config, steps_per_epoch), step_config, optimizer)
+
+
+def start_from_pretrained(run: Run, state: TrainState) -> TrainState:
+  """`state` holding the weights and BatchNorm statistics of `config.init_from` (a cnnjax workdir, or torchvision
+  weights for the config's model); classifiers for another number of classes stay as initialised, and the run
+  says which."""
+  config, source = run.config, run.config.init_from
+  if checkpoint.is_workdir(source):
+    variables = checkpoint.latest_variables(source)
+  else:
+    variables = pretrained.from_torchvision(config.model, source)[1]
+    differ = {k: v for k, v in pretrained.TORCHVISION[config.model].items() if config.model_options[k] != v}
+    if differ and jax.process_index() == 0:  # the same shapes, another computation: allowed, but said
+      print(f"note: torchvision's {config.model} has {', '.join(f'{k}={v!r}' for k, v in differ.items())}; this config "
+            f"changes it: --config.model_options.{next(iter(differ))}=... to keep it", flush=True)  # fmt: skip
+  fresh = {"params": state.params, "batch_stats": state.batch_stats}
+  merged, initialised = pretrained.merge(fresh, variables, run.dataset.num_classes)
+  if jax.process_index() == 0:
+    kept = f"; {', '.join(initialised)} initialised afresh for {run.dataset.num_classes} classes" if initialised else ""
+    print(f"note: started from {source}{kept}", flush=True)
+  return state.replace(params=merged["params"], batch_stats=merged["batch_stats"])
 
 
 def initial_state(run: Run) -> TrainState:
@@ -431,10 +465,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
 def _train(run: Run, ckpt: checkpoint.Checkpointer, claim, workdir: str, start: float) -> dict:
   config = run.config
   state, data_state = ckpt.restore_latest(functools.partial(initial_state, run))
+  if data_state is None and config.init_from:  # a new run: its own checkpoints, once it has them, win over init_from
+    state = start_from_pretrained(run, state)
   state = replicate(state, device_mesh())
   step = int(state.step)
   train_iter = iter(data.train_batches(run.dataset, input_shape(config), run.layout, config.seed, config.augment, config.workers))
-  if data_state is not None:
+  if data_state:  # (a converted workdir has no position in any stream: it starts at the beginning)
     train_iter.set_state(data_state)
   p_train, p_eval = pmapped_steps(run.step_config)
   lead = jax.process_index() == 0  # only process 0 prints and writes metrics, event files and plots

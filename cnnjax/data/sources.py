@@ -76,6 +76,19 @@ class Dataset:
   test: Sequence[dict]
   num_classes: int
   spec: Spec
+  class_names: tuple[str, ...] = ()  # label index -> name, where the dataset has names
+
+
+def imagenet_classes() -> dict[str, str]:
+  """ImageNet's 1000 classes in label order: WordNet id -> the name torchvision gives it (shipped with cnnjax)."""
+  return dict(line.split("\t") for line in (pathlib.Path(__file__).parent / "imagenet_classes.tsv").read_text().splitlines())
+
+
+def readable_names(names) -> tuple[str, ...]:
+  """Class names as people read them: ImageNet's WordNet ids (imagenet2012's and imagenette's labels) become
+  their names ('n01440764' -> 'tench'), other names stay as they are."""
+  table = imagenet_classes()
+  return tuple(table.get(n, n) for n in names)
 
 
 def load(name: str, data_dir: str | None = None, bad_images: str = "skip") -> Dataset:
@@ -125,7 +138,8 @@ def _tfds(name: str, data_dir: str | None) -> Dataset:
   if is_remote(builder.data_dir):
     builder = tfds.builder(spec.tfds_name, data_dir=cloud.local_data_dir(root, builder.data_dir))
   source = builder.as_data_source()
-  return Dataset(name, source["train"], source[spec.test_split], builder.info.features["label"].num_classes, spec)
+  label = builder.info.features["label"]
+  return Dataset(name, source["train"], source[spec.test_split], label.num_classes, spec, readable_names(label.names))
 
 
 def _digits(data_dir: str | None) -> Dataset:
@@ -148,7 +162,7 @@ def _digits(data_dir: str | None) -> Dataset:
   source = builder.as_data_source()
   images = np.stack([source["train"][i]["image"] for i in range(len(source["train"]))]).astype(np.float64)
   stats = (tuple(images.mean(axis=(0, 1, 2)).tolist()), tuple(images.std(axis=(0, 1, 2)).tolist()))
-  return Dataset("digits", source["train"], source["test"], 10, Spec(style("digits"), stats))
+  return Dataset("digits", source["train"], source["test"], 10, Spec(style("digits"), stats), tuple("0123456789"))
 
 
 class ArraySource:
@@ -328,4 +342,4 @@ def _image_folder(path: str, test_fraction: float = 0.1, bad_images: str = "skip
   label = {c: i for i, c in enumerate(classes)}
   pairs = lambda split: [(f, label[c]) for c in classes for f in split[c]]
   files = (ImageFiles(pairs(split), bad_images) for split in (train, test))
-  return Dataset(f"imagefolder:{root}", *files, len(classes), Spec(style("imagefolder:")))
+  return Dataset(f"imagefolder:{root}", *files, len(classes), Spec(style("imagefolder:")), tuple(classes))

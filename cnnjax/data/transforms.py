@@ -65,13 +65,19 @@ def random_resized_crop(image: np.ndarray, rng: np.random.Generator, size: int, 
 
 
 def resize_shorter_center_crop(image: np.ndarray, size: int, shorter: int | None = None) -> np.ndarray:
-  """ImageNet evaluation: resize the shorter side to `shorter` (256 for a 224 crop), then a central size x size crop."""
+  """ImageNet evaluation: resize the shorter side to `shorter` (256 for a 224 crop), then a central size x size crop.
+
+  torchvision's arithmetic to the pixel (Resize(256) and CenterCrop(224) on a PIL image), so torchvision's weights
+  see what they were evaluated on: the longer side truncated (int, not round), the crop's offset rounded half to even.
+  """
   shorter = shorter or round(size * 256 / 224)
   h, w = image.shape[:2]
-  scale = shorter / min(h, w)
-  image = resize(image, max(size, round(h * scale)), max(size, round(w * scale)))
+  if h <= w:
+    image = resize(image, max(size, shorter), max(size, int(shorter * w / h)))
+  else:
+    image = resize(image, max(size, int(shorter * h / w)), max(size, shorter))
   h, w = image.shape[:2]
-  y, x = (h - size) // 2, (w - size) // 2
+  y, x = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
   return image[y : y + size, x : x + size]
 
 

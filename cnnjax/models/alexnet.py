@@ -67,6 +67,8 @@ LAYOUTS = {
 
 
 class AlexNet(nn.Module):
+  CLASSIFIER = "fc8"  # the layer that gives the logits (what trainable='head' trains)
+
   num_classes: int = 1000
   layout: str = "paper"
   norm: str = "lrn"

@@ -11,13 +11,18 @@ Auxiliary classifiers (section 5) sit on 4a and 4d in training only: average poo
 when train=True; at inference they are not built at all (the paper discards them).
 
 Options: `inception='naive'` builds every module as Fig. 2(a); `norm='batchnorm'` replaces LRN and the
-conv biases by BatchNorm; `c5_kernel=3` and `dropout=0.2` with batchnorm give torchvision's layer shapes
-(see the registry's googlenet_torchvision). Inputs other than 224x224 use global average pooling for
-the main head and adaptive pooling onto 4x4 for the auxiliary heads.
+conv biases by BatchNorm; `c5_kernel=3` and `dropout=0.2` with batchnorm give torchvision's layer shapes,
+and `layout='torchvision'` its arithmetic that the shapes do not show: a 2x2/2 max-pool before 5a, auxiliary
+heads that pool adaptively onto 4x4, BatchNorm epsilon 1e-3 (together: the registry's googlenet_torchvision).
+`transform_input=True` is what torchvision switches on with its published weights: the input, normalised by
+the ImageNet mean and std, is renormalised to (x - 0.5) / 0.5, the range the ported weights were trained on.
+Inputs other than 224x224 use global average pooling for the main head and adaptive pooling onto 4x4 for the
+auxiliary heads.
 """
 import functools
 
 import flax.linen as nn
+import numpy as np
 
 from cnnjax.models.blocks import ConvUnit, Inception
 from cnnjax.models.layers import (Dropout, activation, adaptive_avg_pool, conv_norm, global_avg_pool, local_response_norm,
@@ -41,6 +46,10 @@ AUX_HEADS = ("4a", "4d")
 # Caffe's bvlc_googlenet: "xavier" weights (variance 1/fan_in), biases 0.2; classifiers' biases 0.
 XAVIER = nn.initializers.variance_scaling(1.0, "fan_in", "uniform")
 
+# torchvision's input transform: from (x - mean) / std with ImageNet's statistics to (x - 0.5) / 0.5
+IMAGENET_MEAN, IMAGENET_STD = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+LAYOUTS = ("paper", "torchvision")
+
 
 def caffe_lrn(x):
   """The Caffe model's LRN: local_size 5, alpha 1e-4 (divided by the size, Caffe's convention), beta 0.75, k 1."""
@@ -53,11 +62,13 @@ class AuxiliaryClassifier(nn.Module):
   act: object
   dropout: float = 0.7
   axis_name: str | None = None
+  adaptive: bool = False  # torchvision's adaptive 4x4 pool (windows 4 wide at 14x14), not the paper's 5x5/3
 
   @nn.compact
   def __call__(self, x, train: bool):
     # the paper's 5x5/3 average pool turns 14x14 into 4x4; other input sizes pool onto the same grid
-    x = nn.avg_pool(x, (5, 5), (3, 3)) if x.shape[1:3] == (14, 14) else adaptive_avg_pool(x, 4)
+    paper_pool = x.shape[1:3] == (14, 14) and not self.adaptive
+    x = nn.avg_pool(x, (5, 5), (3, 3)) if paper_pool else adaptive_avg_pool(x, 4)
     x = self.unit(128, 1, name="conv")(x).reshape(x.shape[0], -1)
     x = self.act(nn.Dense(1024, kernel_init=XAVIER, bias_init=nn.initializers.constant(0.2), name="fc")(x))
     x = Dropout(self.dropout, self.axis_name)(x, deterministic=not train)
@@ -65,6 +76,8 @@ class AuxiliaryClassifier(nn.Module):
 
 
 class GoogLeNet(nn.Module):
+  CLASSIFIER = "fc"  # the layer that gives the logits (what trainable='head' trains)
+
   num_classes: int = 1000
   inception: str = "reduced"
   aux_heads: bool = True
@@ -72,12 +85,20 @@ class GoogLeNet(nn.Module):
   activation: str = "relu"
   c5_kernel: int = 5
   dropout: float = 0.4
+  layout: str = "paper"  # or 'torchvision' (module docstring)
+  transform_input: bool = False
   axis_name: str | None = None  # BatchNorm statistics (and dropout masks) over this pmap axis in training
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    if self.layout not in LAYOUTS:
+      raise ValueError(f"unknown GoogLeNet layout {self.layout!r}; valid: {', '.join(LAYOUTS)}")
+    torchvision = self.layout == "torchvision"
+    if self.transform_input:
+      x = x * (IMAGENET_STD / 0.5) + (IMAGENET_MEAN - 0.5) / 0.5
     act = activation(self.activation)
-    norm = conv_norm(self.norm, train, choices=("lrn", "batchnorm", "none"), axis_name=self.axis_name)
+    norm = conv_norm(self.norm, train, choices=("lrn", "batchnorm", "none"), axis_name=self.axis_name,
+                     epsilon=1e-3 if torchvision else 1e-5)  # fmt: skip
     lrn = caffe_lrn if self.norm == "lrn" else (lambda x: x)
     conv = functools.partial(nn.Conv, use_bias=norm is None, kernel_init=XAVIER, bias_init=nn.initializers.constant(0.2))
     unit = functools.partial(ConvUnit, conv=conv, norm=norm, act=act)
@@ -89,11 +110,11 @@ class GoogLeNet(nn.Module):
     x = out["conv2"] = max_pool(lrn(x), 3, 2, ceil_mode=True)
     for stage, spec in INCEPTION_SPECS.items():
       if stage in POOL_BEFORE:
-        x = max_pool(x, 3, 2, ceil_mode=True)
+        x = max_pool(x, 2 if torchvision and stage == "5a" else 3, 2, ceil_mode=True)
       name = f"inception_{stage}"
       x = out[name] = Inception(*spec, conv, norm, act, self.inception, self.c5_kernel, name=name)(x)
       if train and self.aux_heads and stage in AUX_HEADS:
-        out[f"aux_{stage}"] = AuxiliaryClassifier(self.num_classes, unit, act, axis_name=self.axis_name,
+        out[f"aux_{stage}"] = AuxiliaryClassifier(self.num_classes, unit, act, axis_name=self.axis_name, adaptive=torchvision,
                                                   name=f"aux_{stage}")(x, train)  # fmt: skip
     x = global_avg_pool(x)  # the paper's 7x7/1 average pool at 224x224
     x = out["pre_logits"] = Dropout(self.dropout, self.axis_name)(x, deterministic=not train)

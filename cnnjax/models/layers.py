@@ -143,7 +143,7 @@ def activation(name: str) -> Callable:
   return ACTIVATIONS[name]
 
 
-def conv_norm(name: str, train: bool, choices=("batchnorm", "none"), axis_name: str | None = None):
+def conv_norm(name: str, train: bool, choices=("batchnorm", "none"), axis_name: str | None = None, epsilon: float = 1e-5):
   """The norm a conv unit applies after its convolution, or None.
 
   'lrn' (where a model allows it) is not a per-conv norm: the model places LRN where its paper does,
@@ -153,5 +153,5 @@ def conv_norm(name: str, train: bool, choices=("batchnorm", "none"), axis_name: 
   if name not in choices:
     raise ValueError(f"unknown norm {name!r} for this model; valid: {', '.join(choices)}")
   if name == "batchnorm":
-    return functools.partial(BATCH_NORM, use_running_average=not train, axis_name=axis_name)
+    return functools.partial(BATCH_NORM, use_running_average=not train, axis_name=axis_name, epsilon=epsilon)
   return None

@@ -102,6 +102,8 @@ class SparseConv(nn.Module):
 
 
 class LeNet5(nn.Module):
+  CLASSIFIER = "output"  # the layer that gives the logits (what trainable='head' trains)
+
   num_classes: int = 10
   c3: str = "paper"
   subsampling: str = "trainable"

@@ -37,7 +37,8 @@ def _entries():
   for depth, vgg in ((11, VGG11), (13, VGG13), (16, VGG16), (19, VGG19)):
     entries[f"vgg{depth}_bn"] = Entry(functools.partial(vgg, norm="batchnorm"), IMAGENET)
   entries["googlenet"] = Entry(GoogLeNet, IMAGENET)
-  entries["googlenet_torchvision"] = Entry(functools.partial(GoogLeNet, norm="batchnorm", c5_kernel=3, dropout=0.2), IMAGENET)
+  googlenet_torchvision = functools.partial(GoogLeNet, norm="batchnorm", c5_kernel=3, dropout=0.2, layout="torchvision")
+  entries["googlenet_torchvision"] = Entry(googlenet_torchvision, IMAGENET)
   for depth, resnet in IMAGENET_RESNETS.items():
     entries[f"resnet{depth}"] = Entry(resnet, IMAGENET)
   for depth in (18, 34):  # the paper's plain baselines (Table 2)

@@ -33,6 +33,8 @@ REMAT = {
 class ResNet(nn.Module):
   """A residual (or, with residual=False, plain) network of `stage_sizes` blocks per stage."""
 
+  CLASSIFIER = "fc"  # the layer that gives the logits (what trainable='head' trains)
+
   stage_sizes: Sequence[int]
   num_classes: int = 1000
   bottleneck: bool = False

@@ -22,6 +22,8 @@ GLOROT = nn.initializers.glorot_uniform()
 
 
 class VGG(nn.Module):
+  CLASSIFIER = "fc8"  # the layer that gives the logits (what trainable='head' trains)
+
   block_sizes: Sequence[int]
   num_classes: int = 1000
   widths: Sequence[int] = (64, 128, 256, 512, 512)

@@ -1,0 +1,159 @@
+"""torchvision's weights in the zoo's models: the same logits as torchvision itself, for every published layout.
+
+Nothing is downloaded: each torchvision model is built with random weights, and every tensor it has (weights,
+biases, BatchNorm's affine parameters and running statistics) is randomised, so a tensor that landed in the wrong
+place, or in the wrong layout, shows in the logits. Needs torchvision (`pip install -e '.[torch]'`); without it the
+module is skipped, and pytest's -rs line says so.
+"""
+import json
+import pathlib
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the parity tests compare with torchvision: pip install -e '.[torch]'")
+tv_models = pytest.importorskip("torchvision.models", reason="the parity tests compare with torchvision: pip install -e '.[torch]'")
+from safetensors.torch import save_file  # noqa: E402  (after the skip: needs torch)
+
+from cnnjax.models import pretrained  # noqa: E402
+from cnnjax.models.pretrained import WeightsError, from_torchvision  # noqa: E402
+
+TORCHVISION_NAME = {"alexnet_torchvision": "alexnet", "googlenet_torchvision": "googlenet"}
+# The smallest inputs each network takes in torchvision (its 2x2 pools fail on a 1x1 map, AlexNet's on under 63):
+# small sizes keep the suite fast; the adaptive pools they exercise are checked at 224 by test_parity_at_224.
+SMALL = {"alexnet_torchvision": 64}
+
+
+def torchvision_model(name: str, seed: int = 0, **kwargs):
+  """torchvision's `name` in eval mode, every parameter and buffer random (BatchNorm variances positive)."""
+  tv_name = TORCHVISION_NAME.get(name, name)
+  if tv_name == "googlenet":  # as torchvision builds it for its weights: auxiliary heads in the file, input transform
+    kwargs = dict(aux_logits=True, transform_input=True, init_weights=False, **kwargs)
+  model = tv_models.get_model(tv_name, weights=None, **kwargs).eval()
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for key, tensor in [*model.named_parameters(), *model.named_buffers()]:
+      if key.endswith("running_var"):
+        tensor.copy_(torch.rand(tensor.shape, generator=g) + 0.5)
+      elif key.endswith(("running_mean", "bias")):
+        tensor.copy_(torch.randn(tensor.shape, generator=g) * 0.2)
+      elif tensor.ndim == 1 and tensor.is_floating_point():  # BatchNorm's scale
+        tensor.copy_(1 + torch.randn(tensor.shape, generator=g) * 0.2)
+  return model
+
+
+def logits_agree(name, torch_model, size, **options):
+  x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+  with torch.no_grad():
+    expected = torch_model(x).numpy()
+  model, variables = from_torchvision(name, torch_model.state_dict(), **options)
+  logits, _ = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x.numpy().transpose(0, 2, 3, 1))
+  error = np.abs(np.asarray(logits) - expected).max()
+  assert error <= 1e-4 * np.abs(expected).max(), f"{name}: logits differ by {error} (largest {np.abs(expected).max()})"
+  return model, variables
+
+
+@pytest.mark.parametrize("name", list(pretrained.TORCHVISION))
+def test_every_torchvision_layout_gives_torchvisions_logits_from_all_three_forms(name, tmp_path):
+  torch_model = torchvision_model(name)
+  state = torch_model.state_dict()
+  model, variables = logits_agree(name, torch_model, SMALL.get(name, 32))
+  torch.save(state, tmp_path / "weights.pth")
+  save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "weights.safetensors")
+  for form in ("weights.pth", "weights.safetensors"):
+    model_from_file, from_file = from_torchvision(name, tmp_path / form)
+    assert model_from_file == model
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), from_file, variables)), form
+
+
+def test_parity_at_224_with_googlenets_own_pools():
+  # 224x224, torchvision's evaluation size: 7x7 maps before the pool, the 2x2/2 ceil-mode pool before 5a on 14x14
+  logits_agree("googlenet_torchvision", torchvision_model("googlenet_torchvision"), 224)
+
+
+def test_options_apply_over_torchvisions_own():
+  torch_model = torchvision_model("googlenet_torchvision")
+  torch_model.transform_input = False
+  model, _ = logits_agree("googlenet_torchvision", torch_model, 32, transform_input=False)
+  assert model.transform_input is False
+
+
+def test_the_weights_decide_the_classes_and_googlenets_auxiliary_heads():
+  model, variables = from_torchvision("resnet18", torchvision_model("resnet18", num_classes=10).state_dict())
+  assert model.num_classes == 10 and variables["params"]["fc"]["kernel"].shape == (512, 10)
+  with_aux, variables = from_torchvision("googlenet_torchvision", torchvision_model("googlenet_torchvision").state_dict())
+  assert with_aux.aux_heads and variables["params"]["aux_4d"]["fc"]["kernel"].shape == (2048, 1024)
+  no_aux = tv_models.googlenet(weights=None, aux_logits=False, init_weights=False).state_dict()
+  assert not from_torchvision("googlenet_torchvision", no_aux)[0].aux_heads
+
+
+def test_every_tensor_is_accounted_for():
+  state = {k: v.numpy() for k, v in torchvision_model("resnet18").state_dict().items()}
+  with pytest.raises(WeightsError, match=r"missing 1: layer3\.0\.downsample\.1\.running_var"):
+    from_torchvision("resnet18", {k: v for k, v in state.items() if k != "layer3.0.downsample.1.running_var"})
+  with pytest.raises(WeightsError, match=r"unexpected 1: layer5\.0\.conv1\.weight"):
+    from_torchvision("resnet18", {**state, "layer5.0.conv1.weight": state["layer4.0.conv1.weight"]})
+  with pytest.raises(WeightsError, match=r"misshaped 1: layer1\.0\.conv1\.weight \(64, 64, 5, 5\)"):
+    from_torchvision("resnet18", {**state, "layer1.0.conv1.weight": np.zeros((64, 64, 5, 5), np.float32)})
+  with pytest.raises(WeightsError, match=r"do not fit torchvision's resnet34: missing 80: layer1\.2\.bn1\.bias"):
+    from_torchvision("resnet34", state)  # resnet18's file for resnet34: the blocks it lacks, by name
+  with pytest.raises(ValueError, match="no torchvision weights for 'resnet20'; valid: alexnet_torchvision, vgg11"):
+    from_torchvision("resnet20", state)
+
+
+def test_unreadable_files_are_one_line(tmp_path, monkeypatch):
+  with pytest.raises(WeightsError, match="no weight file"):
+    from_torchvision("resnet18", tmp_path / "absent.pth")
+  (tmp_path / "weights.npz").write_bytes(b"")
+  with pytest.raises(WeightsError, match=r"a torchvision \.pth file or a \.safetensors file"):
+    from_torchvision("resnet18", tmp_path / "weights.npz")
+  (tmp_path / "cut.pth").write_bytes(b"PK\x03\x04 cut short")
+  with pytest.raises(WeightsError, match=r"cannot read .*cut\.pth: "):
+    from_torchvision("resnet18", tmp_path / "cut.pth")
+  monkeypatch.setitem(sys.modules, "torch", None)  # as on an install without the [torch] extra
+  with pytest.raises(WeightsError, match=r"needs PyTorch: pip install -e '\.\[torch\]'"):
+    from_torchvision("resnet18", tmp_path / "cut.pth")
+
+
+def command(module, *args):
+  import subprocess
+
+  return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, timeout=300,
+                        cwd=pathlib.Path(__file__).resolve().parent.parent)  # fmt: skip
+
+
+def test_convert_then_predict_gives_torchvisions_probabilities_through_its_own_preprocessing(tmp_path):
+  from PIL import Image
+  from torchvision import transforms
+
+  torch_model = torchvision_model("resnet18")
+  torch.save(torch_model.state_dict(), tmp_path / "resnet18.pth")
+  converted = command("cnnjax.convert", "--model=resnet18", f"--weights={tmp_path / 'resnet18.pth'}", f"--workdir={tmp_path / 'w'}")
+  assert converted.returncode == 0, converted.stderr
+  assert "resnet18 (11,689,512 parameters)" in converted.stdout  # torchvision's published count
+  rng = np.random.default_rng(0)
+  # odd sizes: the resize truncates the longer side (301 * 256 / 203 = 379.6 -> 379), the crop offset rounds half
+  # to even ((379 - 224) / 2 = 77.5 -> 78): torchvision's arithmetic, not round() and //
+  Image.fromarray(rng.integers(0, 256, (203, 301, 3), np.uint8)).save(tmp_path / "photo.png")
+  (tmp_path / "cut.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+  predicted = command("cnnjax.predict", f"--workdir={tmp_path / 'w'}", "--format=json", tmp_path / "photo.png",
+                      tmp_path / "cut.jpg", tmp_path / "absent.jpg")  # fmt: skip
+  assert predicted.returncode == 1
+  assert predicted.stderr.splitlines() == [
+      f"error: {tmp_path / 'cut.jpg'}: not a readable image (Truncated File Read)",
+      f"error: {tmp_path / 'absent.jpg'}: no such file", "error: 2 of 3 image(s) could not be read"]  # fmt: skip
+  (line,) = predicted.stdout.splitlines()
+  result = json.loads(line)
+  preprocess = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+                                   transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])  # fmt: skip
+  with torch.no_grad():
+    expected = torch.softmax(torch_model(preprocess(Image.open(tmp_path / "photo.png"))[None]), -1)[0].numpy()
+  order = np.argsort(-expected)[:5]
+  assert result["image"] == str(tmp_path / "photo.png")
+  assert [t["index"] for t in result["top"]] == order.tolist()
+  assert np.allclose([t["probability"] for t in result["top"]], expected[order], rtol=1e-4)
+  from torchvision.models._meta import _IMAGENET_CATEGORIES  # torchvision's names for ImageNet's classes
+
+  assert [t["label"] for t in result["top"]] == [_IMAGENET_CATEGORIES[i] for i in order]
