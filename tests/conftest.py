@@ -71,7 +71,7 @@ def local_cifar10(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def small_tfds(tmp_path_factory):
-  """mnist, cifar100 and imagenette in tfds's real formats (array_record; PNG, PNG and JPEG images), a few
+  """mnist, cifar100, imagenette and imagenet2012 in tfds's real formats (array_record; PNG, PNG and JPEG images), a few
   examples each, written here as `local_cifar10` writes cifar10: each real builder, fed PIL images."""
   import tensorflow_datasets as tfds
   from tensorflow_datasets.image_classification.cifar import Cifar100
@@ -92,16 +92,19 @@ def small_tfds(tmp_path_factory):
           example = {"image": image, "label": i % classes}
           if builder is Cifar100:
             example |= {"id": f"{split}_{i:05d}", "coarse_label": i % 20}
+          if builder is imagenet2012:
+            example |= {"file_name": f"{split}_{i:05d}.JPEG"}
           yield i, example
 
     return Local
 
   data_dir = str(tmp_path_factory.mktemp("small_tfds"))
-  imagenette = tfds.builder_cls("imagenette")
+  imagenette, imagenet2012 = tfds.builder_cls("imagenette"), tfds.builder_cls("imagenet2012")
   for builder, splits, shape, classes in (
       (MNIST, {"train": 12, "test": 6}, lambda rng: (28, 28, 1), 10),
       (Cifar100, {"train": 12, "test": 6}, lambda rng: (32, 32, 3), 100),
       (imagenette, {"train": 12, "validation": 6}, lambda rng: (int(rng.integers(60, 90)), int(rng.integers(60, 90)), 3), 10),
+      (imagenet2012, {"train": 4, "validation": 6}, lambda rng: (int(rng.integers(230, 300)), int(rng.integers(230, 300)), 3), 1000),
   ):  # fmt: skip
     local(builder, splits, shape, classes)(data_dir=data_dir, file_format="array_record").download_and_prepare()
   return data_dir

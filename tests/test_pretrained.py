@@ -157,3 +157,33 @@ def test_convert_then_predict_gives_torchvisions_probabilities_through_its_own_p
   from torchvision.models._meta import _IMAGENET_CATEGORIES  # torchvision's names for ImageNet's classes
 
   assert [t["label"] for t in result["top"]] == [_IMAGENET_CATEGORIES[i] for i in order]
+
+
+def test_a_converted_workdir_evaluates_on_imagenet_as_torchvision_does(small_tfds, tmp_path):
+  import os
+  import subprocess
+
+  from PIL import Image
+  from torchvision import transforms
+
+  from cnnjax import data
+
+  torch_model = torchvision_model("resnet18")
+  save_file({k: v.contiguous() for k, v in torch_model.state_dict().items()}, tmp_path / "resnet18.safetensors")
+  assert command("cnnjax.convert", "--model=resnet18", f"--weights={tmp_path / 'resnet18.safetensors'}",
+                 f"--workdir={tmp_path / 'w'}").returncode == 0  # fmt: skip
+  evaluated = subprocess.run([sys.executable, "-m", "cnnjax.main", "--mode=eval", f"--workdir={tmp_path / 'w'}"], text=True,
+                             capture_output=True, timeout=300, env={**os.environ, "TFDS_DATA_DIR": small_tfds})  # fmt: skip
+  assert evaluated.returncode == 0, evaluated.stderr
+  result = dict(zip(*[iter(evaluated.stdout.split()[-8:])] * 2))
+  # torchvision on the same decoded validation images, through its own preprocessing
+  validation = data.load("imagenet2012", small_tfds).test
+  preprocess = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+                                   transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])  # fmt: skip
+  images = torch.stack([preprocess(Image.fromarray(validation[i]["image"])) for i in range(len(validation))])
+  labels = torch.tensor([validation[i]["label"] for i in range(len(validation))])
+  with torch.no_grad():
+    logits = torch_model(images)
+  assert result["step"] == "0" and len(validation) == 6
+  assert float(result["eval_loss"]) == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-3)
+  assert float(result["eval_accuracy"]) == pytest.approx((logits.argmax(-1) == labels).float().mean().item(), abs=1e-4)
