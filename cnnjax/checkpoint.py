@@ -22,10 +22,10 @@ from cnnjax import models
 from cnnjax import workdir as workdir_lib
 
 # The fields that fix the shapes of the parameters: a workdir is only resumed by the same model.
-IDENTITY = ("model", "model_options", "dataset", "image_size", "channels", "trainable")
+IDENTITY = ("model", "model_options", "dataset", "classes", "image_size", "channels", "trainable")
 # The fields that fix what a step is (how many examples, in which order): a resume must keep them, or the saved
 # step count and data position would silently mean something else.
-STEP_MEANING = ("batch_size", "seed")
+STEP_MEANING = ("batch_size", "seed", "shots")
 
 
 def _array_handlers() -> ocp.type_handlers.TypeHandlerRegistry:
@@ -172,7 +172,8 @@ def _all_options(config_dict: dict) -> dict:
 def _refuse_other_runs(workdir, theirs: dict, ours: dict):
   """CheckpointError unless a config may resume the checkpoints another made: same model and same steps."""
   theirs, ours = (dict(c, model_options=_all_options(c)) for c in (theirs, ours))
-  theirs.setdefault("trainable", "all")  # (workdirs from before fine-tuning existed)
+  for field, default in (("trainable", "all"), ("classes", []), ("shots", 0)):  # (workdirs from before these existed)
+    theirs.setdefault(field, default)
   differ = {k: (theirs.get(k), ours.get(k)) for k in IDENTITY if theirs.get(k) != ours.get(k)}
   if differ:
     raise CheckpointError(

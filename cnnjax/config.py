@@ -27,6 +27,8 @@ def base() -> ml_collections.ConfigDict:
   c.channels = 3
   c.augment = True
   c.workers = 0  # grain worker processes (image decoding); 0 reads in a background thread
+  c.classes = ()  # a subset of the dataset's classes (label indices, renumbered 0.. in this order); (): all
+  c.shots = 0  # the first `shots` training examples of each class; 0: all (few-shot transfer tasks)
   c.bad_images = "skip"  # imagefolder: 'skip' files that cannot be decoded, with a warning, or 'stop' at them
   c.seed = 0
   c.init_from = ""  # start from these weights: a cnnjax workdir, or torchvision's .pth / .safetensors for the model
@@ -94,7 +96,7 @@ def from_workdir(workdir: str) -> ml_collections.ConfigDict:
 # Step counts stay below 2**31 (the step counter is an int32 on the devices), epoch counts below a million.
 STEPS, EPOCHS = 2**31, 10**6
 RANGES = {
-    "image_size": (1, None), "workers": (0, None), "seed": (0, None), "batch_size": (1, None),
+    "image_size": (1, None), "shots": (0, None), "workers": (0, None), "seed": (0, None), "batch_size": (1, None),
     "num_epochs": (0, EPOCHS), "num_steps": (0, STEPS), "learning_rate": (0, None), "momentum": (0, 1),
     "weight_decay": (0, None), "lr_decay_factor": (0, None), "lr_decay_every_epochs": (0, EPOCHS),
     "warmup_epochs": (0, EPOCHS), "warmup_steps": (0, STEPS), "warmup_lr": (0, None), "label_smoothing": (0, 1),

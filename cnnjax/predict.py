@@ -44,6 +44,8 @@ class Predictor:
     num_classes = jax.tree.leaves(variables["params"][models.create(config.model).CLASSIFIER])[-1].shape[-1]
     model = models.create(config.model, num_classes=num_classes, **config.model_options)
     dataset = _described(config.dataset, config.data_dir or None, num_classes)
+    if config.classes or config.shots:
+      dataset = data.subset(dataset, config.classes)
     return cls(model, variables, (config.image_size, config.image_size, config.channels), dataset)
 
   def probabilities(self, image: np.ndarray) -> np.ndarray:

@@ -303,6 +303,8 @@ def build(config, dataset: data.Dataset | None = None) -> Run:
   for a bad config."""
   config_lib.validate(config)
   dataset = dataset or data.load(config.dataset, config.data_dir or None, config.bad_images)
+  if config.classes or config.shots:
+    dataset = data.subset(dataset, config.classes, config.shots)
   layout = data.Layout(config.batch_size, jax.local_device_count(), jax.process_index(), jax.process_count())
   steps_per_epoch = max(1, len(dataset.train) // config.batch_size)
   model = create_model(config, dataset.num_classes, axis_name=AXIS)
@@ -319,22 +321,25 @@ def build(config, dataset: data.Dataset | None = None) -> Run:
 
 def start_from_pretrained(run: Run, state: TrainState) -> TrainState:
   """`state` holding the weights and BatchNorm statistics of `config.init_from` (a cnnjax workdir, or torchvision
-  weights for the config's model); classifiers for another number of classes stay as initialised, and the run
-  says which."""
+  weights for the config's model). Where the source learned another task (another dataset or classes; ImageNet for
+  torchvision's files), its classifiers mean other classes: they start afresh, and the run says so."""
   config, source = run.config, run.config.init_from
   if checkpoint.is_workdir(source):
     variables = checkpoint.latest_variables(source)
+    theirs = config_lib.from_workdir(source)
+    same_task = (theirs.dataset, tuple(theirs.classes)) == (config.dataset, tuple(config.classes))
   else:
     variables = pretrained.from_torchvision(config.model, source)[1]
+    same_task = (config.dataset, tuple(config.classes)) == ("imagenet2012", ())
     differ = {k: v for k, v in pretrained.TORCHVISION[config.model].items() if config.model_options[k] != v}
     if differ and jax.process_index() == 0:  # the same shapes, another computation: allowed, but said
       print(f"note: torchvision's {config.model} has {', '.join(f'{k}={v!r}' for k, v in differ.items())}; this config "
             f"changes it: --config.model_options.{next(iter(differ))}=... to keep it", flush=True)  # fmt: skip
-  fresh = {"params": state.params, "batch_stats": state.batch_stats}
-  merged, initialised = pretrained.merge(fresh, variables, run.dataset.num_classes)
+  new_head = () if same_task else pretrained.heads(run.step_config.model, state.params)
+  merged = pretrained.merge({"params": state.params, "batch_stats": state.batch_stats}, variables, new_head)
   if jax.process_index() == 0:
-    kept = f"; {', '.join(initialised)} initialised afresh for {run.dataset.num_classes} classes" if initialised else ""
-    print(f"note: started from {source}{kept}", flush=True)
+    fresh = f"; new {', '.join(new_head)} for {run.dataset.num_classes} classes of {config.dataset}" if new_head else ""
+    print(f"note: started from {source}{fresh}", flush=True)
   return state.replace(params=merged["params"], batch_stats=merged["batch_stats"])
 
 

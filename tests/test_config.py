@@ -142,3 +142,22 @@ def test_every_config_argument_builds_its_model_with_its_papers_recipe(name, arg
   if arg != "mnist":  # (LeNet-5's own datasets are the small ones)
     local = config_lib.load(name, f"{arg},local" if arg else "local")  # the same model, offline
     assert (local.model, local.dataset) == (model, "digits")
+
+
+@pytest.mark.parametrize("network", ["alexnet_torchvision", "vgg16_bn", "googlenet_torchvision", "resnet50"])
+def test_the_finetune_config_builds_torchvisions_layout_with_a_transfer_recipe(network):
+  config = config_lib.load("finetune", network)
+  assert config.model == network
+  # torchvision's builder options for its weights: the bottleneck's stride on its 3x3, GoogLeNet's input transform
+  expected = {"resnet50": {"stride_in": "v1.5"}, "googlenet_torchvision": {"transform_input": True}}.get(network, {})
+  assert {k: config.model_options[k] for k in expected} == expected
+  assert (config.learning_rate, config.batch_size, config.schedule, config.num_epochs) == (0.01, 64, "cosine", 15)
+  with pytest.raises(ValueError, match="write NETWORK .*resnet152.*, local or local,pretrain"):
+    config_lib.load("finetune", "resnet20")
+
+
+def test_the_local_transfer_task_pretrains_on_digits_0_to_4_and_learns_5_to_9_from_10_each():
+  source, target = config_lib.load("finetune", "local,pretrain"), config_lib.load("finetune", "local")
+  assert (source.model, source.dataset, tuple(source.classes), source.shots) == ("lenet5", "digits", (0, 1, 2, 3, 4), 0)
+  assert (tuple(target.classes), target.shots, target.model_options.head) == ((5, 6, 7, 8, 9), 10, "dense")
+  config_lib.validate(target)

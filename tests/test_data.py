@@ -245,3 +245,17 @@ def test_the_other_tfds_datasets_read_and_batch_as_their_settings_say(small_tfds
   assert sum(int(b["mask"].sum()) for b in evaluation) == 6  # the whole test split, once
   if name == "mnist":  # centred, the border zero
     assert not batch["image"][..., :2, :, :].any() and not batch["image"][..., -2:, :, :].any()
+
+
+def test_a_subset_of_classes_and_shots_is_a_dataset_of_its_own():
+  images = np.arange(40, dtype=np.uint8).reshape(40, 1, 1, 1)
+  labels = np.arange(40) % 4  # 10 examples of each of 4 classes
+  whole = data.Dataset("toy", ArraySource(images, labels), ArraySource(images[:8], labels[:8]), 4, TFDS["mnist"], ("a", "b", "c", "d"))
+  task = data.subset(whole, classes=(3, 1), shots=2)
+  assert (task.num_classes, task.class_names) == (2, ("d", "b"))
+  # the first 2 training examples of classes 3 and 1, in the dataset's order, labelled by their place in `classes`
+  assert [(int(r["image"][0, 0, 0]), r["label"]) for r in task.train.__getitems__(range(len(task.train)))] == [
+      (1, 1), (3, 0), (5, 1), (7, 0)]  # fmt: skip
+  assert [r["label"] for r in task.test.__getitems__(range(len(task.test)))] == [1, 0, 1, 0]  # every test example of both
+  with pytest.raises(data.DatasetError, match=r"classes \(3, 4\) must be distinct labels of toy, from 0 to 3"):
+    data.subset(whole, classes=(3, 4))

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from cnnjax import train
-from cnnjax.experiments import auxiliary, cost, degradation
+from cnnjax.experiments import auxiliary, cost, degradation, transfer
 from conftest import write_images
 
 
@@ -127,3 +127,18 @@ def test_a_bad_list_flag_is_one_clear_line_and_a_non_zero_exit():
                           capture_output=True, text=True, check=False)  # fmt: skip
   assert result.returncode != 0 and "--depths takes comma-separated integers" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+def test_transfer_pretrains_once_and_trains_each_way_from_its_start(tfds_dir, tmp_path, capsys):
+  tiny = {"data_dir": tfds_dir, "num_epochs": 0, "num_steps": 2, "log_every_steps": 1, "eval_every_steps": 2}
+  rows = transfer.run(str(tmp_path), seeds=(0,), **tiny)
+  assert [r["run"] for r in rows] == ["source", "finetune-s0", "probe-s0", "scratch-s0"]
+  out = capsys.readouterr().out
+  # the pretrained head knew digits 0-4: digits 5-9 get a head of their own (as many classes, other ones)
+  assert out.count(f"note: started from {tmp_path / 'source'}; new output for 5 classes of digits") == 2
+  source, probe = (json.loads((tmp_path / r / "config.json").read_text()) for r in ("source", "probe-s0"))
+  assert (source["classes"], source["shots"], probe["classes"], probe["shots"]) == ([0, 1, 2, 3, 4], 0, [5, 6, 7, 8, 9], 10)
+  assert probe["trainable"] == "head" and probe["init_from"] == str(tmp_path / "source")
+  assert (tmp_path / "transfer.csv").read_text().splitlines()[0] == "run,way,seed,step,train_error,test_error,test_error_at_10"
+  assert "| from scratch | 1 |" in transfer.summary_table(rows)
+  assert (tmp_path / "transfer.png").read_bytes()[:4] == b"\x89PNG"

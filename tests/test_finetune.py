@@ -35,7 +35,7 @@ def test_a_new_head_on_a_frozen_pretrained_body(tmp_path, capsys):
   probe = tmp_path / "probe"
   train.train_and_evaluate(tiny("fake:32x32x3:5", init_from=str(pretrain), trainable="head", learning_rate=0.5,
                                 checkpoint_every_steps=1), str(probe))
-  assert f"note: started from {pretrain}; fc initialised afresh for 5 classes" in capsys.readouterr().out
+  assert f"note: started from {pretrain}; new fc for 5 classes of fake:32x32x3:5" in capsys.readouterr().out
   after = flat(saved(probe, 3))
   body = [k for k in after if not k.startswith("params/fc/")]
   assert body and all(np.array_equal(after[k], source[k]) for k in body)  # weights and BatchNorm statistics
@@ -60,13 +60,15 @@ def test_a_resumed_run_keeps_its_own_weights_not_init_froms(tmp_path, capsys):
   assert "started from" not in capsys.readouterr().out
 
 
-def test_merge_takes_every_tensor_and_refuses_another_architecture():
-  fresh = {"params": {"conv": {"kernel": np.zeros((3, 3, 3, 8), np.float32)}, "fc": {"kernel": np.zeros((8, 5), np.float32), "bias": np.zeros(5, np.float32)}}}
-  source = {"params": {"conv": {"kernel": np.ones((3, 3, 3, 8))}, "fc": {"kernel": np.ones((8, 10)), "bias": np.ones(10)}}}
-  merged, initialised = merge(fresh, source, num_classes=5)
-  assert initialised == ["fc"] and np.all(merged["params"]["conv"]["kernel"] == 1) and np.all(merged["params"]["fc"]["kernel"] == 0)
+def test_merge_takes_every_tensor_but_the_new_heads_and_refuses_another_architecture():
+  fresh = {"params": {"conv": {"kernel": np.zeros((3, 3, 3, 8), np.float32)}, "fc": {"kernel": np.zeros((8, 5), np.float32)}}}
+  source = {"params": {"conv": {"kernel": np.ones((3, 3, 3, 8))}, "fc": {"kernel": np.ones((8, 10))}}}
+  merged = merge(fresh, source, new_head=("fc",))
+  assert np.all(merged["params"]["conv"]["kernel"] == 1) and np.all(merged["params"]["fc"]["kernel"] == 0)
+  with pytest.raises(WeightsError, match=r"1 tensor\(s\) differ: fc/kernel \(8, 10\) \(needs \(8, 5\)\)"):
+    merge(fresh, source)  # the same task, yet another number of classes: not this model's weights
   wider = {"params": {**source["params"], "conv": {"kernel": np.ones((3, 3, 3, 16))}}}
-  with pytest.raises(WeightsError, match=r"1 tensor\(s\) differ: conv/kernel \(3, 3, 3, 16\) \(needs \(3, 3, 3, 8\)\)"):
-    merge(fresh, wider, num_classes=5)
+  with pytest.raises(WeightsError, match=r"conv/kernel \(3, 3, 3, 16\) \(needs \(3, 3, 3, 8\)\)"):
+    merge(fresh, wider, new_head=("fc",))
   with pytest.raises(WeightsError, match=r"conv/kernel absent"):
-    merge(fresh, {"params": {"fc": source["params"]["fc"]}}, num_classes=5)
+    merge(fresh, {"params": {"fc": source["params"]["fc"]}}, new_head=("fc",))

@@ -343,3 +343,52 @@ def _image_folder(path: str, test_fraction: float = 0.1, bad_images: str = "skip
   pairs = lambda split: [(f, label[c]) for c in classes for f in split[c]]
   files = (ImageFiles(pairs(split), bad_images) for split in (train, test))
   return Dataset(f"imagefolder:{root}", *files, len(classes), Spec(style("imagefolder:")), tuple(classes))
+
+
+class Subset:
+  """The examples `indices` of `source`, their labels renumbered by `relabel` (original label -> new)."""
+
+  def __init__(self, source, indices: np.ndarray, relabel: dict[int, int]):
+    self.source, self.indices, self.relabel = source, np.asarray(indices), relabel
+
+  def __len__(self):
+    return len(self.indices)
+
+  def _relabelled(self, record: dict) -> dict:
+    return {**record, "label": self.relabel[int(record["label"])]}
+
+  def __getitem__(self, i):
+    return self._relabelled(self.source[int(self.indices[i])])
+
+  def __getitems__(self, indices):
+    rows = [int(self.indices[i]) for i in indices]
+    records = self.source.__getitems__(rows) if hasattr(self.source, "__getitems__") else [self.source[r] for r in rows]
+    return [self._relabelled(r) for r in records]
+
+
+def _labels(source) -> np.ndarray:
+  if hasattr(source, "labels"):  # in memory
+    return np.asarray(source.labels)
+  everything = range(len(source))
+  records = source.__getitems__(list(everything)) if hasattr(source, "__getitems__") else [source[i] for i in everything]
+  return np.array([r["label"] for r in records])
+
+
+def subset(dataset: Dataset, classes=(), shots: int = 0) -> Dataset:
+  """`dataset` restricted to `classes` (their original label indices, renumbered 0.. in the order given; () keeps
+  all) with the first `shots` training examples of each (0: all of them); the test split keeps every example of
+  those classes. A transfer task from one dataset: pretrain on some classes, fine-tune on few examples of others.
+  Finding the labels reads each example once (a moment for digits or CIFAR; long for ImageNet)."""
+  classes = [int(c) for c in classes] or list(range(dataset.num_classes))
+  if not all(0 <= c < dataset.num_classes for c in classes) or len(set(classes)) != len(classes):
+    raise DatasetError(f"classes {tuple(classes)} must be distinct labels of {dataset.name}, from 0 to {dataset.num_classes - 1}")
+  relabel = {c: i for i, c in enumerate(classes)}
+
+  def keep(source, shots):
+    labels = _labels(source)
+    rows = [np.flatnonzero(labels == c)[: shots or None] for c in classes]
+    return Subset(source, np.sort(np.concatenate(rows)), relabel)
+
+  names = tuple(dataset.class_names[c] for c in classes) if dataset.class_names else ()
+  return dataclasses.replace(dataset, train=keep(dataset.train, shots), test=keep(dataset.test, 0), num_classes=len(classes),
+                             class_names=names)  # fmt: skip

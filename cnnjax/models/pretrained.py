@@ -217,22 +217,21 @@ def _variable_shapes(model, shape: tuple[int, int, int]) -> dict:
   return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 
-def merge(fresh: dict, source: dict, num_classes: int) -> tuple[dict, list[str]]:
+def merge(fresh: dict, source: dict, new_head: tuple[str, ...] = ()) -> dict:
   """`fresh` variables ({'params', 'batch_stats'} of a new model) with every tensor taken from `source` (another
-  model's), and the names of the layers left as initialised: the classifiers, where the source has another number
-  of classes. Any other difference (a missing layer, another width) is a WeightsError naming it: the source is
-  then another architecture, and a silently random layer would be a bug."""
+  model's) but those of the layers in `new_head` (paths such as 'fc' or 'aux_4a/classifier': a new task's
+  classifiers start as initialised). Any other difference (a missing layer, another width) is a WeightsError
+  naming it: the source is then another architecture, and a silently random layer would be a bug."""
   flat_source = {tuple(p.key for p in path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(source)[0]}
-  kept, mismatched = set(), []
+  mismatched = []
 
   def take(path, leaf):
     keys = tuple(p.key for p in path)
+    if "/".join(keys[1:-1]) in new_head:
+      return leaf
     theirs = flat_source.get(keys)
     if theirs is not None and np.shape(theirs) == leaf.shape:
       return jnp.asarray(theirs, leaf.dtype)
-    if theirs is not None and leaf.shape[-1:] == (num_classes,) and np.shape(theirs)[:-1] == leaf.shape[:-1]:
-      kept.add("/".join(keys[1:-1]))  # a classifier (or its bias) for another number of classes
-      return leaf
     mismatched.append(f"{'/'.join(keys[1:])} {'absent' if theirs is None else np.shape(theirs)} (needs {leaf.shape})")
     return leaf
 
@@ -240,4 +239,9 @@ def merge(fresh: dict, source: dict, num_classes: int) -> tuple[dict, list[str]]
   if mismatched:
     raise WeightsError(f"the pretrained weights do not fit this model: {len(mismatched)} tensor(s) differ: "
                        f"{'; '.join(mismatched[:4])}{' ...' if len(mismatched) > 4 else ''}")  # fmt: skip
-  return merged, sorted(kept)
+  return merged
+
+
+def heads(model, params: dict) -> tuple[str, ...]:
+  """The paths of `model`'s classifiers: the one that gives the logits, and GoogLeNet's auxiliary ones."""
+  return (model.CLASSIFIER, *(f"{k}/classifier" for k in params if k.startswith("aux_")))
