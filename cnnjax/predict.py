@@ -40,12 +40,11 @@ class Predictor:
   @classmethod
   def from_workdir(cls, workdir: str):
     config = config_lib.from_workdir(workdir)
-    variables = checkpoint.latest_variables(workdir)
-    num_classes = jax.tree.leaves(variables["params"][models.create(config.model).CLASSIFIER])[-1].shape[-1]
-    model = models.create(config.model, num_classes=num_classes, **config.model_options)
-    dataset = _described(config.dataset, config.data_dir or None, num_classes)
-    if config.classes or config.shots:
+    dataset = _described(config.dataset, config.data_dir or None)
+    if config.classes:
       dataset = data.subset(dataset, config.classes)
+    model = models.create(config.model, num_classes=dataset.num_classes, **config.model_options)  # as train.build does
+    variables = checkpoint.latest_variables(workdir)
     return cls(model, variables, (config.image_size, config.image_size, config.channels), dataset)
 
   def probabilities(self, image: np.ndarray) -> np.ndarray:
@@ -62,10 +61,10 @@ class Predictor:
             for i in np.argsort(-probs, kind="stable")[:k]]  # fmt: skip
 
 
-def _described(name: str, data_dir: str | None, num_classes: int) -> data.Dataset:
+def _described(name: str, data_dir: str | None, num_classes: int = 1000) -> data.Dataset:
   """What prediction needs of a dataset (style, statistics, class names), without reading it where that is known:
   ImageNet's names ship with cnnjax, so an ImageNet network predicts without ImageNet prepared."""
-  if name == IMAGENET:
+  if name == IMAGENET:  # (num_classes: of a network with torchvision's layout, whose weights may have others)
     return data.Dataset(name, (), (), num_classes, sources.TFDS[name], tuple(sources.imagenet_classes().values()))
   return data.load(name, data_dir)
 

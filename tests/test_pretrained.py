@@ -6,7 +6,9 @@ place, or in the wrong layout, shows in the logits. Needs torchvision (`pip inst
 module is skipped, and pytest's -rs line says so.
 """
 import json
+import os
 import pathlib
+import subprocess
 import sys
 
 import jax
@@ -15,10 +17,12 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the parity tests compare with torchvision: pip install -e '.[torch]'")
 tv_models = pytest.importorskip("torchvision.models", reason="the parity tests compare with torchvision: pip install -e '.[torch]'")
-from safetensors.torch import save_file  # noqa: E402  (after the skip: needs torch)
+# (imported after the skips: they need torch)
+from safetensors.torch import save_file
+from torchvision.models._meta import _IMAGENET_CATEGORIES  # torchvision's names for ImageNet's classes
 
-from cnnjax.models import pretrained  # noqa: E402
-from cnnjax.models.pretrained import WeightsError, from_torchvision  # noqa: E402
+from cnnjax.models import pretrained
+from cnnjax.models.pretrained import WeightsError, from_torchvision
 
 TORCHVISION_NAME = {"alexnet_torchvision": "alexnet", "googlenet_torchvision": "googlenet"}
 # The smallest inputs each network takes in torchvision (its 2x2 pools fail on a 1x1 map, AlexNet's on under 63):
@@ -117,11 +121,9 @@ def test_unreadable_files_are_one_line(tmp_path, monkeypatch):
     from_torchvision("resnet18", tmp_path / "cut.pth")
 
 
-def command(module, *args):
-  import subprocess
-
+def command(module, *args, env=None):
   return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, timeout=300,
-                        cwd=pathlib.Path(__file__).resolve().parent.parent)  # fmt: skip
+                        cwd=pathlib.Path(__file__).resolve().parent.parent, env=env, check=False)  # fmt: skip
 
 
 def test_convert_then_predict_gives_torchvisions_probabilities_through_its_own_preprocessing(tmp_path):
@@ -154,15 +156,10 @@ def test_convert_then_predict_gives_torchvisions_probabilities_through_its_own_p
   assert result["image"] == str(tmp_path / "photo.png")
   assert [t["index"] for t in result["top"]] == order.tolist()
   assert np.allclose([t["probability"] for t in result["top"]], expected[order], rtol=1e-4)
-  from torchvision.models._meta import _IMAGENET_CATEGORIES  # torchvision's names for ImageNet's classes
-
   assert [t["label"] for t in result["top"]] == [_IMAGENET_CATEGORIES[i] for i in order]
 
 
 def test_a_converted_workdir_evaluates_on_imagenet_as_torchvision_does(small_tfds, tmp_path):
-  import os
-  import subprocess
-
   from PIL import Image
   from torchvision import transforms
 
@@ -172,8 +169,7 @@ def test_a_converted_workdir_evaluates_on_imagenet_as_torchvision_does(small_tfd
   save_file({k: v.contiguous() for k, v in torch_model.state_dict().items()}, tmp_path / "resnet18.safetensors")
   assert command("cnnjax.convert", "--model=resnet18", f"--weights={tmp_path / 'resnet18.safetensors'}",
                  f"--workdir={tmp_path / 'w'}").returncode == 0  # fmt: skip
-  evaluated = subprocess.run([sys.executable, "-m", "cnnjax.main", "--mode=eval", f"--workdir={tmp_path / 'w'}"], text=True,
-                             capture_output=True, timeout=300, env={**os.environ, "TFDS_DATA_DIR": small_tfds})  # fmt: skip
+  evaluated = command("cnnjax.main", "--mode=eval", f"--workdir={tmp_path / 'w'}", env={**os.environ, "TFDS_DATA_DIR": small_tfds})
   assert evaluated.returncode == 0, evaluated.stderr
   result = dict(zip(*[iter(evaluated.stdout.split()[-8:])] * 2))
   # torchvision on the same decoded validation images, through its own preprocessing
@@ -187,3 +183,25 @@ def test_a_converted_workdir_evaluates_on_imagenet_as_torchvision_does(small_tfd
   assert result["step"] == "0" and len(validation) == 6
   assert float(result["eval_loss"]) == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-3)
   assert float(result["eval_accuracy"]) == pytest.approx((logits.argmax(-1) == labels).float().mean().item(), abs=1e-4)
+
+
+def test_fine_tuning_from_a_torchvision_file_starts_from_its_body_with_a_new_head(tmp_path, capsys):
+  # the start of a run (train.start_from_pretrained); that a frozen body stays so while training is test_finetune's
+  from cnnjax import config as config_lib
+  from cnnjax import train
+
+  state = {k: v.contiguous() for k, v in torchvision_model("resnet18").state_dict().items()}
+  save_file(state, tmp_path / "resnet18.safetensors")
+  config = config_lib.load("finetune", "resnet18")
+  config.update(dataset="fake:32x32x3:5", image_size=32, init_from=str(tmp_path / "resnet18.safetensors"))
+  run = train.build(config)
+  fresh = train.initial_state(run)
+  started = train.start_from_pretrained(run, fresh)
+  assert f"note: started from {tmp_path / 'resnet18.safetensors'}; new fc for 5 classes of fake:32x32x3:5" in capsys.readouterr().out
+  expected = from_torchvision("resnet18", state)[1]
+  same = lambda a, b: jax.tree.all(jax.tree.map(lambda x, y: bool((np.asarray(x) == np.asarray(y)).all()), a, b))
+  for collection in ("params", "batch_stats"):
+    for layer, tree in expected[collection].items():
+      if layer != "fc":  # torchvision's tensors, bit for bit
+        assert same(tree, getattr(started, collection)[layer])
+  assert same(started.params["fc"], fresh.params["fc"]) and started.params["fc"]["kernel"].shape == (512, 5)

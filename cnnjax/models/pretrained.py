@@ -15,7 +15,7 @@ names it.
 import functools
 import os
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -115,7 +115,7 @@ def read(weights) -> dict[str, np.ndarray]:
     raise WeightsError(f"reading {path} needs PyTorch: pip install -e '.[torch]' (or convert it to .safetensors elsewhere)") from None
   try:
     state = torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as e:  # a truncated download, another format, a pickle that is not only tensors
+  except Exception as e:  # noqa: BLE001  (a truncated download, another format, a pickle that is not only tensors)
     raise WeightsError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
   if isinstance(state, Mapping) and "state_dict" in state:  # a training checkpoint rather than the bare weights
     state = state["state_dict"]
