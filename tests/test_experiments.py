@@ -130,7 +130,8 @@ def test_a_bad_list_flag_is_one_clear_line_and_a_non_zero_exit():
 
 
 def test_transfer_pretrains_once_and_trains_each_way_from_its_start(tfds_dir, tmp_path, capsys):
-  tiny = {"data_dir": tfds_dir, "num_epochs": 0, "num_steps": 2, "log_every_steps": 1, "eval_every_steps": 2}
+  tiny = {"data_dir": tfds_dir, "num_epochs": 0, "num_steps": 2, "log_every_steps": 1, "eval_every_steps": 2,
+          "batch_size": 16}  # (the recipe's 50 does not split over the suite's 8 devices) # fmt: skip
   rows = transfer.run(str(tmp_path), seeds=(0,), **tiny)
   assert [r["run"] for r in rows] == ["source", "finetune-s0", "probe-s0", "scratch-s0"]
   out = capsys.readouterr().out
