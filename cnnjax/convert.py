@@ -23,7 +23,7 @@ FLAGS = flags.FLAGS
 
 def family_config(name: str):
   """The config of `name`'s family (configs/FAMILY.py:ARG) that builds torchvision's layer shapes."""
-  family = pretrained._family(name)
+  family = pretrained.family(name)
   arg = {"alexnet": "torchvision", "googlenet": "torchvision"}.get(family)
   if arg is None:  # vgg16_bn -> 16,bn; resnet50 -> 50
     depth, *bn = name[len(family):].split("_")

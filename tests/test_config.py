@@ -161,3 +161,11 @@ def test_the_local_transfer_task_pretrains_on_digits_0_to_4_and_learns_5_to_9_fr
   assert (source.model, source.dataset, tuple(source.classes), source.shots) == ("lenet5", "digits", (0, 1, 2, 3, 4), 0)
   assert (tuple(target.classes), target.shots, target.model_options.head) == ((5, 6, 7, 8, 9), 10, "dense")
   config_lib.validate(target)
+
+
+@pytest.mark.parametrize("network", ["alexnet_torchvision", "vgg11", "vgg19_bn", "googlenet_torchvision", "resnet152"])
+def test_a_converted_network_gets_its_familys_config(network):
+  from cnnjax.convert import family_config
+
+  config = family_config(network)
+  assert (config.model, config.dataset, config.image_size) == (network, "imagenet2012", 224)

@@ -42,7 +42,8 @@ class WeightsError(ValueError):
   """Weights that do not fit the model, or cannot be read: the message names the tensors or the file."""
 
 
-def _family(name: str) -> str:
+def family(name: str) -> str:
+  """'resnet50' -> 'resnet', 'vgg16_bn' -> 'vgg': whose naming rule maps its tensors."""
   return re.match(r"[a-z]+", name).group()
 
 
@@ -168,19 +169,19 @@ def from_torchvision(name: str, weights, **options):
   if name not in TORCHVISION:
     raise ValueError(f"no torchvision weights for {name!r}; valid: {', '.join(TORCHVISION)}")
   state = {k: v for k, v in read(weights).items() if k.rsplit(".", 1)[-1] not in IGNORED}
-  family = _family(name)
+  network_family = family(name)
   options = {**TORCHVISION[name], **options}
-  if family == "googlenet":
+  if network_family == "googlenet":
     options.setdefault("aux_heads", any(k.startswith("aux1.") for k in state))
-  model = registry.create(name, num_classes=_num_classes(state, family), **options)
+  model = registry.create(name, num_classes=_num_classes(state, network_family), **options)
   return model, load_state(model, name, state)
 
 
 def load_state(model, name: str, state: dict[str, np.ndarray]) -> dict:
   """`state` (torchvision's names, numpy arrays) as the variables of the zoo's `model`; WeightsError unless every
   tensor of each side has its counterpart, of the right shape."""
-  family = _family(name)
-  module_name, grids = MODULE_NAMES[family], FLATTENED_GRID.get(family, {})
+  network_family = family(name)
+  module_name, grids = MODULE_NAMES[network_family], FLATTENED_GRID.get(network_family, {})
   shapes = _variable_shapes(model, registry.input_shape(name))
   variables, used, missing, misshaped = {"params": {}, "batch_stats": {}}, set(), [], []
   for collection, tree in shapes.items():
