@@ -70,6 +70,8 @@ def test_unprepared_dataset_says_where_and_how(tmp_path):
 def test_unknown_dataset_lists_the_valid_ones():
   with pytest.raises(data.DatasetError, match="unknown dataset 'cifar11'.*digits.*cifar10.*imagefolder"):
     data.load("cifar11")
+  with pytest.raises(data.DatasetError, match=r"no dataset given: set --config.dataset \(your images: imagefolder:/path\)"):
+    data.load("")
 
 
 def test_fake_datasets():

@@ -102,6 +102,8 @@ def load(name: str, data_dir: str | None = None, bad_images: str = "skip") -> Da
     return _image_folder(name.split(":", 1)[1], bad_images=bad_images)
   if name == "fake" or name.startswith("fake:"):
     return _fake(name)
+  if not name:  # a config that leaves the choice to the user (configs/finetune.py)
+    raise DatasetError(f"no dataset given: set --config.dataset (your images: imagefolder:/path); valid: {', '.join(NAMES)}")
   raise DatasetError(f"unknown dataset {name!r}; valid: {', '.join(NAMES)}")
 
 
