@@ -28,14 +28,14 @@ IMAGENET = "imagenet2012"
 class Predictor:
   """A model with its variables, input shape, preprocessing style, normalisation and class names."""
 
-  def __init__(self, model, variables, input_shape, dataset: data.Dataset):
-    self.model, self.variables, self.input_shape, self.dataset = model, variables, tuple(input_shape), dataset
+  def __init__(self, model_name: str, model, variables, input_shape, dataset: data.Dataset):
+    self.model_name, self.model, self.variables, self.input_shape, self.dataset = model_name, model, variables, tuple(input_shape), dataset
     self._apply = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False)[0].astype("float32")))
 
   @classmethod
   def from_torchvision(cls, name: str, weights):
     model, variables = pretrained.from_torchvision(name, weights)
-    return cls(model, variables, models.input_shape(name), _described(IMAGENET, None, model.num_classes))
+    return cls(name, model, variables, models.input_shape(name), _described(IMAGENET, None, model.num_classes))
 
   @classmethod
   def from_workdir(cls, workdir: str):
@@ -45,14 +45,22 @@ class Predictor:
       dataset = data.subset(dataset, config.classes)
     model = models.create(config.model, num_classes=dataset.num_classes, **config.model_options)  # as train.build does
     variables = checkpoint.latest_variables(workdir)
-    return cls(model, variables, (config.image_size, config.image_size, config.channels), dataset)
+    return cls(config.model, model, variables, (config.image_size, config.image_size, config.channels), dataset)
+
+  @property
+  def config_name(self) -> str:
+    """What the picture or table shows, in words: 'resnet50 on imagenet2012'."""
+    return f"{self.model_name} on {self.dataset.name}"
+
+  def model_input(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the image as the model sees it: uint8 at its input size, the normalised [1, H, W, C] batch)."""
+    fitted = pipeline.fit_example({"image": image}, self.input_shape, self.dataset.spec.style, train=False)
+    mean, std = _normalization(self.dataset, self.input_shape[2])
+    return fitted, data.normalize(fitted[None], mean, std)
 
   def probabilities(self, image: np.ndarray) -> np.ndarray:
     """Class probabilities of one uint8 HWC image."""
-    fitted = pipeline.fit_example({"image": image}, self.input_shape, self.dataset.spec.style, train=False)
-    mean, std = _normalization(self.dataset, self.input_shape[2])
-    x = data.normalize(fitted[None], mean, std)
-    return np.asarray(self._apply(self.variables, x))[0]
+    return np.asarray(self._apply(self.variables, self.model_input(image)[1]))[0]
 
   def top(self, image: np.ndarray, k: int = 5) -> list[dict]:
     probs = self.probabilities(image)

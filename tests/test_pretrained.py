@@ -206,3 +206,12 @@ def test_fine_tuning_from_a_torchvision_file_starts_from_its_body_with_a_new_hea
       if layer != "fc":  # torchvision's tensors, bit for bit
         assert same(tree, getattr(started, collection)[layer])
   assert same(started.params["fc"], fresh.params["fc"]) and started.params["fc"]["kernel"].shape == (512, 5)
+
+
+def test_visualize_shows_torchvisions_first_kernels():
+  from cnnjax.predict import Predictor
+  from cnnjax.visualize import first_kernel
+
+  torch_model = torchvision_model("alexnet_torchvision")
+  name, kernel = first_kernel(Predictor.from_torchvision("alexnet_torchvision", torch_model.state_dict()))
+  assert name == "conv1" and np.array_equal(kernel, torch_model.features[0].weight.detach().numpy().transpose(2, 3, 1, 0))
