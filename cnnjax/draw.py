@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from absl import app, flags
+from jax.extend import core as jex_core
 
 from cnnjax import cli, complexity, metrics, models
 
@@ -73,7 +74,7 @@ def _events(jaxpr, scope: tuple[str, ...], out: list):
       _events(subs[0], here, out)  # (one branch: the models' calls are jit and checkpoint wrappers)
       continue
     name = eqn.primitive.name
-    shape = lambda v: tuple(getattr(v.aval, "shape", ()))  # noqa: E731
+    shape = lambda v: tuple(getattr(v.aval, "shape", ()))
     if name in ("conv_general_dilated", "dot_general") or name in POOLS:
       out.append(Event(here, name, shape(eqn.invars[0]), shape(eqn.outvars[0]), dict(eqn.params) | {"rhs": shape(eqn.invars[-1])},
                        complexity.primitive_macs(eqn)))  # fmt: skip
@@ -117,8 +118,9 @@ def _pool_label(event: Event) -> str:
   if event.primitive == "global_avg":
     return "avg pool"
   window, strides = event.params["window_dimensions"], event.params["window_strides"]
-  kind = "pool" if event.primitive == "reduce_window_max" else "avg pool"
-  return f"{kind}, /{strides[1]}" if strides[1] > 1 else f"{window[1]}x{window[2]} {kind}"
+  if strides[1] > 1:
+    return f"{'pool' if event.primitive == 'reduce_window_max' else 'avg pool'}, /{strides[1]}"
+  return f"{window[1]}x{window[2]} {'max' if event.primitive == 'reduce_window_max' else 'avg'} pool"
 
 
 def _paper_name(scope: str) -> str:
@@ -218,7 +220,7 @@ def folded(data: dict) -> dict:
       out_boxes.append(boxes[i])
       i += 1
       continue
-    signature = lambda s: ([(b.label, b.output_shape) for b in boxes[s.start : s.end + 1]], s.kind)  # noqa: E731
+    signature = lambda s: ([(b.label, b.output_shape) for b in boxes[s.start : s.end + 1]], s.kind)
     run = [span]
     while (nxt := spans.get(run[-1].end + 1)) is not None and signature(nxt) == signature(span):
       run.append(nxt)
@@ -258,7 +260,7 @@ def _scaled(value: int, units=((1e9, "G"), (1e6, "M"), (1e3, "K"))) -> str:
 
 def render(figures: list[dict], out: str) -> None:
   """Draw `figures` (figure_data of each model) side by side into `out` (.png, .svg or .pdf)."""
-  import matplotlib.patches as patches
+  from matplotlib import patches
 
   stages = list(dict.fromkeys(b["stage"] for f in figures for b in f["boxes"] if b["kind"] != "aux"))
   colours = {stage: PALETTE[i % len(PALETTE)] for i, stage in enumerate(stages)}
@@ -318,6 +320,27 @@ def render(figures: list[dict], out: str) -> None:
     ax.text(0.3, -height + 0.9, legend, ha="left", va="bottom", fontsize=6, color="#555555")
 
 
+def block_panels(name: str, block: str, **options) -> list[dict]:
+  """The panels `--block` draws: an inception module in both variants (GoogLeNet Fig. 2 a and b), else the block."""
+  panel = block_data(name, block, **options)
+  if panel["kind"] != "Inception" or "inception" in options:
+    return [panel]
+  return [block_data(name, block, **options, inception="naive"), block_data(name, block, **options, inception="reduced")]
+
+
+def draw_block(names: list[str], block: str, options: dict, out: str) -> None:
+  if len(names) != 1:
+    raise app.UsageError("--block draws one model's block: give one --model")
+  panels = block_panels(names[0], block, **options)
+  if out.endswith(".json"):
+    with open(out, "w") as f:
+      json.dump({"blocks": panels}, f, indent=1)
+  else:
+    render_blocks(panels, out)
+  ratio = f"; {panels[0]['macs'] / panels[1]['macs']:.2f}x the multiply-adds of the reduced one" if len(panels) == 2 else ""
+  print(f"wrote {out}: {names[0]} {block} ({', '.join(_scaled(p['macs']) for p in panels)} multiply-adds{ratio})")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -330,6 +353,8 @@ def main(argv):
     except (ValueError, SyntaxError):
       options[key] = value  # a bare word: a string option (shortcut=C, inception=naive)
   names = [n for n in FLAGS.model.split(",") if n]
+  if FLAGS.block:
+    return draw_block(names, FLAGS.block, options, FLAGS.out)
   fold = {"auto": None, "yes": True, "no": False}[FLAGS.fold]
   figures = [figure_data(name, fold, **options) for name in names]
   if FLAGS.out.endswith(".json"):
@@ -341,10 +366,149 @@ def main(argv):
   print(f"wrote {FLAGS.out}: {drawn}")
 
 
+FROM_INPUT = -2  # dataflow mark: derived from the model's input (parameters carry none)
+
+
+def block_data(name: str, block: str, **options) -> dict:
+  """The inside of the module `block` of model `name`: its operations (convolutions, pools) with what feeds each,
+  their shapes and multiply-adds, read from the dataflow of the traced computation.
+
+  {"block", "kind", "input_shape", "output_shape", "macs", "nodes": [{"label", "out_shape", "macs", "inputs"}]};
+  `inputs` are node indices, -1 for the block's input. `kind`: the module's class (Inception, ResidualBlock ...).
+  """
+  model = models.create(name, **options)
+  shape = models.input_shape(name)
+  variables = complexity.abstract_variables(model, shape, train=True)
+  jaxpr, modules = _trace(model, variables, jax.ShapeDtypeStruct((1, *shape), jnp.float32))
+  if (block,) not in modules:
+    layers = [p[0] for p in modules if len(p) == 1]
+    raise ValueError(f"{name} has no layer {block!r}; its layers: {', '.join(layers)}")
+  cls, _, block_in, block_out = modules[(block,)]
+  nodes = []
+  root = type(model).__name__
+
+  def walk(jaxpr, scope, producers):
+    for eqn in jaxpr.eqns:
+      here = scope + tuple(p for p in str(eqn.source_info.name_stack).split("/") if p and "." not in p)
+      inside = here[:2] == (root, block)
+      feeding = set().union(*(producers.get(v, set()) for v in eqn.invars if not isinstance(v, jex_core.Literal)))
+      if inside:  # what reaches the block from the model's input, through anything outside it, is the block's input
+        feeding = {-1 if p == FROM_INPUT else p for p in feeding}
+      subs = list(complexity.sub_jaxprs(eqn))
+      if subs and eqn.primitive.name not in ("custom_jvp_call", "custom_vjp_call"):
+        sub = subs[0]
+        inner = {s: producers.get(v, set()) if not isinstance(v, jex_core.Literal) else set()
+                 for s, v in zip(sub.invars, eqn.invars[-len(sub.invars):])}  # fmt: skip
+        walk(sub, here, inner)
+        for outer, v in zip(eqn.outvars, sub.outvars):
+          producers[outer] = inner.get(v, feeding) if not isinstance(v, jex_core.Literal) else set()
+        continue
+      name_ = eqn.primitive.name
+      window = eqn.params.get("window_dimensions", (1, 2, 2, 1))
+      is_layer = name_ == "conv_general_dilated" or (name_ in POOLS and window[1] * window[2] > 1)
+      if inside and is_layer:
+        event = Event(here, name_, tuple(eqn.invars[0].aval.shape), tuple(eqn.outvars[0].aval.shape),
+                      dict(eqn.params) | {"rhs": tuple(eqn.invars[-1].aval.shape)}, complexity.primitive_macs(eqn))  # fmt: skip
+        label = _conv_label(event, event.out_shape[-1]) if name_ == "conv_general_dilated" else _pool_label(event)
+        label = f"shortcut: {label}" if "projection" in here else label
+        nodes.append({"label": label, "unit": "/".join(here[2:-1]), "out_shape": event.out_shape, "macs": event.macs,
+                      "inputs": sorted(feeding)})  # fmt: skip
+        for v in eqn.outvars:
+          producers[v] = {len(nodes) - 1}
+      else:
+        for v in eqn.outvars:
+          producers[v] = feeding
+  walk(jaxpr, (), {jaxpr.invars[-1]: {FROM_INPUT}})  # (the image is the traced function's last argument)
+  return {"model": name, "block": block, "kind": cls, "options": options, "input_shape": block_in,
+          "output_shape": block_out, "macs": sum(n["macs"] for n in nodes), "nodes": nodes}  # fmt: skip
+
+
+def _shape_text(shape: tuple) -> str:
+  return "x".join(map(str, shape[1:]))
+
+
+def render_blocks(panels: list[dict], out: str) -> None:
+  """Draw the inside of one block per panel (block_data), side by side: its input, its branches (one column per
+  path from the input, each with its multiply-adds), what joins them, and a shortcut that has no layer."""
+  from matplotlib import patches
+
+  def column_of(panel):
+    roots, columns = [], []
+    for node in panel["nodes"]:
+      first = node["inputs"][0] if node["inputs"] else -1
+      if first == -1:
+        roots.append(len(columns))
+        columns.append(len(roots) - 1)
+      else:
+        columns.append(columns[first])
+    return columns, len(roots)
+
+  layouts = [column_of(p) for p in panels]
+  widths = [max(n, 1) * 7.5 + (3.0 if p["kind"] == "ResidualBlock" else 0) + 1.5 for p, (_, n) in zip(panels, layouts)]
+  depth = [max([_depth(p, i) for i in range(len(p["nodes"]))], default=0) for p in panels]
+  rows = max(depth) + 3
+  width, height = sum(widths), rows * 3.2 + 4.5
+  with metrics.figure(out, figsize=(width / INCH, height / INCH)) as ax:
+    ax.set_xlim(0, width)
+    ax.set_ylim(-height, 1.0)
+    ax.set_axis_off()
+    for k, (panel, (columns, count)) in enumerate(zip(panels, layouts)):
+      left = sum(widths[:k]) + 0.75
+      centre = left + count * 7.5 / 2
+      def place(x, y, text, colour, w=6.4):
+        ax.add_patch(patches.FancyBboxPatch((x - w / 2, y - 1.1), w, 2.2, boxstyle="round,pad=0,rounding_size=0.3",
+                                            facecolor=colour, edgecolor="#444444", linewidth=0.6))  # fmt: skip
+        ax.text(x, y, text, ha="center", va="center", fontsize=8)
+      def link(a, b, **style):
+        ax.annotate("", b, a, arrowprops={"arrowstyle": "-|>", "linewidth": 0.6, "color": "#444444", "mutation_scale": 6, **style})
+      title = f"{panel['model']} {panel['block']}" + (f" ({', '.join(f'{k}={v}' for k, v in panel['options'].items())})" if panel["options"] else "")
+      ax.text(centre, 0.2, f"{title}\n{_scaled(panel['macs'])} multiply-adds", ha="center", va="bottom", fontsize=9, fontweight="bold")
+      y_in = -2.0
+      place(centre, y_in, f"input\n{_shape_text(panel['input_shape'])}", "#eeeeee")
+      positions = []
+      for i, node in enumerate(panel["nodes"]):
+        x = left + columns[i] * 7.5 + 3.75
+        y = y_in - 3.2 * (_depth(panel, i) + 1)
+        positions.append((x, y))
+        colour = "#c6dbef" if node["label"].endswith("conv") or "conv" in node["label"] else "#fdd0a2"
+        place(x, y, f"{node['label']}\n{_shape_text(node['out_shape'])}", colour)
+        for source in node["inputs"]:
+          start = (centre, y_in - 1.1) if source == -1 else (positions[source][0], positions[source][1] - 1.1)
+          link(start, (x, y + 1.1))
+      y_out = y_in - 3.2 * (max([_depth(panel, i) for i in range(len(panel["nodes"]))], default=0) + 2)
+      join = "filter concatenation" if panel["kind"] == "Inception" else "addition, then the activation"
+      place(centre, y_out, f"{join}\n{_shape_text(panel['output_shape'])}", "#eeeeee", w=max(6.4, count * 7.5 - 1))
+      used = {s for n in panel["nodes"] for s in n["inputs"]}
+      for i, (x, y) in enumerate(positions):
+        if i not in used:
+          link((x, y - 1.1), (x, y_out + 1.1))
+      for c in range(count):  # each branch's cost under it
+        macs = sum(n["macs"] for n, col in zip(panel["nodes"], columns) if col == c)
+        ax.text(left + c * 7.5 + 3.75, y_out - 1.6, f"{_scaled(macs)}", ha="center", va="top", fontsize=8, color="#555555")
+      if panel["kind"] == "ResidualBlock" and not any("projection" in n["unit"] for n in panel["nodes"]):
+        kind = "identity" if panel["input_shape"] == panel["output_shape"] else "zero-padded identity"
+        x = left + count * 7.5 + 1.2
+        ax.add_patch(patches.FancyArrowPatch((centre + 3.2, y_in), (centre + max(3.2, count * 7.5 / 2 - 0.5), y_out),
+                                             connectionstyle="arc3,rad=-0.4", arrowstyle="-|>", mutation_scale=6,
+                                             linewidth=0.8, linestyle="-" if kind == "identity" else ":", color="#333333"))  # fmt: skip
+        ax.text(x + 0.6, (y_in + y_out) / 2, kind, ha="left", va="center", fontsize=8)
+    note = "under each branch: its multiply-adds"
+    if len(panels) == 2:
+      note += f"; the {panels[0]['options'].get('inception', '')} module costs {panels[0]['macs'] / panels[1]['macs']:.2f}x the {panels[1]['options'].get('inception', '')} one"
+    ax.text(0.3, -height + 0.3, note, ha="left", va="bottom", fontsize=8, color="#333333")
+
+
+def _depth(panel: dict, i: int) -> int:
+  inputs = [j for j in panel["nodes"][i]["inputs"] if j >= 0]
+  return 1 + max(_depth(panel, j) for j in inputs) if inputs else 0
+
+
 if __name__ == "__main__":
   flags.DEFINE_string("model", "vgg19,plain34,resnet34", "Models to draw side by side, comma-separated (any zoo name).")
   flags.DEFINE_string("options", "", "Model options for every model: KEY=VALUE,... (shortcut=C, preactivation=True).")
   flags.DEFINE_string("out", "architectures.png", "The figure: .png, .svg or .pdf, or .json for the data drawn.")
+  flags.DEFINE_string("block", None, "Draw the inside of this layer of one model instead (inception_3a: naive beside "
+                      "reduced; conv3_1 of a ResNet: its block and shortcut).")  # fmt: skip
   flags.DEFINE_enum("fold", "auto", ["auto", "yes", "no"], "Fold runs of identical blocks into one with a count; "
                     "auto: when a column would have more than 60 boxes.")  # fmt: skip
   cli.run(main)

@@ -83,3 +83,35 @@ def test_the_cost_under_each_column_is_the_inference_cost(name):
 
   data = figure_data(name)
   assert (data["macs"], data["params"]) == (MACS[name], PARAMS[name])
+
+
+def test_the_inception_module_naive_and_reduced_with_each_branchs_cost():
+  from cnnjax.draw import block_panels
+
+  naive, reduced = block_panels("googlenet", "inception_3a")
+  # by hand, on 3a's 28x28x192 input (Table 1: 64 | 96 -> 128 | 16 -> 32 | pool -> 32), per output pixel:
+  # naive 192 * (64 + 9*128 + 25*32); reduced 192 * (64 + 96 + 16 + 32) + 9*96*128 + 25*16*32
+  assert naive["macs"] == 28 * 28 * 192 * (64 + 9 * 128 + 25 * 32) == 303_464_448
+  assert reduced["macs"] == 28 * 28 * (192 * (64 + 96 + 16 + 32) + 9 * 96 * 128 + 25 * 16 * 32) == 128_049_152
+  assert [n["label"] for n in reduced["nodes"]] == ["1x1 conv, 64", "1x1 conv, 96", "3x3 conv, 128", "1x1 conv, 16",
+                                                    "5x5 conv, 32", "3x3 max pool", "1x1 conv, 32"]  # fmt: skip
+  # the dataflow: each reduction feeds its convolution, the pool its projection, the rest read the module's input
+  assert [n["inputs"] for n in reduced["nodes"]] == [[-1], [-1], [1], [-1], [3], [-1], [5]]
+  assert naive["output_shape"][-1] == 64 + 128 + 32 + 192 and reduced["output_shape"][-1] == 256  # the naive one widens
+
+
+def test_the_basic_block_and_the_bottleneck_with_their_shortcuts(tmp_path):
+  from cnnjax.draw import block_data
+
+  basic = block_data("resnet34", "conv2_2")
+  assert [n["label"] for n in basic["nodes"]] == ["3x3 conv, 64", "3x3 conv, 64"] and basic["input_shape"] == basic["output_shape"]
+  bottleneck = block_data("resnet50", "conv3_1")  # Fig. 5: 1x1 reduces, 3x3, 1x1 restores; a projection where it halves
+  assert [n["label"] for n in bottleneck["nodes"]] == ["1x1 conv, 128, /2", "3x3 conv, 128", "1x1 conv, 512",
+                                                       "shortcut: 1x1 conv, 512, /2"]  # fmt: skip
+  assert [n["inputs"] for n in bottleneck["nodes"]] == [[-1], [0], [1], [-1]]
+  with pytest.raises(ValueError, match="resnet34 has no layer 'conv9_1'; its layers: conv1, conv2_1"):
+    block_data("resnet34", "conv9_1")
+  result = subprocess.run([sys.executable, "-m", "cnnjax.draw", "--model=googlenet", "--block=inception_3a",
+                           f"--out={tmp_path / 'b.png'}"], capture_output=True, text=True, cwd=ROOT, check=False)  # fmt: skip
+  assert result.returncode == 0 and "2.37x the multiply-adds of the reduced one" in result.stdout, result.stderr
+  assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
