@@ -84,7 +84,7 @@ def draw_activations(predictor: Predictor, image: np.ndarray, title: str, out: s
     axes[0, 1].text(0, 0.5, title, fontsize=9, va="center")
     for row, (name, fmap) in enumerate(maps, start=1):
       for c in range(min(channels, fmap.shape[-1])):
-        axes[row, c].imshow(_scaled(fmap[..., c]), cmap="viridis", interpolation="nearest")
+        axes[row, c].imshow(_scaled(fmap[..., c]), cmap="viridis", interpolation="nearest", vmin=0, vmax=1)
       axes[row, 0].set_title(f"{name}: {fmap.shape[0]}x{fmap.shape[1]}x{fmap.shape[2]}", fontsize=8, loc="left")
   return [name for name, _ in maps]
 
