@@ -17,7 +17,6 @@ iterations).
 import json
 
 import numpy as np
-from absl import flags
 from etils import epath
 
 from cnnjax import config as config_lib
@@ -25,7 +24,6 @@ from cnnjax import cli, gradflow, metrics, train
 from cnnjax import workdir as workdir_lib
 from cnnjax.experiments import runs
 
-FLAGS = flags.FLAGS
 LOWER_STAGES = ("conv1", "conv2_reduce", "conv2", "inception_3a", "inception_3b")
 
 
@@ -120,21 +118,6 @@ def summary_table(results: list[dict]) -> str:
   return "\n".join(lines)
 
 
-def define_flags():
-  """Defined only when run as a command, so that importing several commands together is safe."""
-  flags.DEFINE_string("workdir", "runs/auxiliary-digits", "Where the runs, the figure and the tables go.")
-  cli.define_integer_list("seeds", "0", "Seeds to train each variant with.")
-  flags.DEFINE_string("data_dir", "", "tfds data directory.")
-
-
-def main(argv):
-  del argv
-  cli.start()
-  results = run(FLAGS.workdir, [int(s) for s in FLAGS.seeds], FLAGS.data_dir)
-  print(summary_table(results))
-  print(f"\nwrote {FLAGS.workdir}/auxiliary.png, auxiliary.json, auxiliary.csv")
-
-
 if __name__ == "__main__":
-  define_flags()
-  cli.run(main)
+  runs.define_flags("runs/auxiliary-digits", "0", "variant")
+  cli.run(runs.command(run, summary_table, "auxiliary.png, auxiliary.json, auxiliary.csv"))

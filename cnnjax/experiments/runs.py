@@ -1,9 +1,10 @@
 """What every experiment does with its runs: train each once, read its final errors, write its table."""
 import csv
 
+from absl import flags
 from etils import epath
 
-from cnnjax import metrics, train
+from cnnjax import cli, metrics, train
 
 
 def train_once(config, run_dir) -> None:
@@ -29,3 +30,25 @@ def write_csv(path, rows: list[dict]) -> None:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
+
+
+def define_flags(workdir: str, seeds: str, each: str):
+  """The flags of an experiment trained per seed (--workdir, --seeds, --data_dir); defined only when it runs as a
+  command, so that importing several commands together is safe."""
+  flags.DEFINE_string("workdir", workdir, "Where the runs, the figure and the tables go.")
+  cli.define_integer_list("seeds", seeds, f"Seeds to train each {each} with.")
+  flags.DEFINE_string("data_dir", "", "tfds data directory.")
+
+
+def command(run, summary_table, outputs: str):
+  """The `main` of such an experiment: run(workdir, seeds, data_dir), its table, what it wrote."""
+
+  def main(argv):
+    del argv
+    cli.start()
+    given = flags.FLAGS
+    results = run(given.workdir, [int(s) for s in given.seeds], given.data_dir)
+    print(summary_table(results))
+    print(f"\nwrote {given.workdir}/{outputs}")
+
+  return main

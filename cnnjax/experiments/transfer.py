@@ -10,7 +10,6 @@ Writes WORKDIR/source (the pretrained run), WORKDIR/{finetune,probe,scratch}-sS,
 and transfer.png (test error per way and seed; test error against iterations). Rerunning skips finished runs.
 """
 import numpy as np
-from absl import flags
 from etils import epath
 
 from cnnjax import cli, metrics
@@ -18,7 +17,6 @@ from cnnjax import config as config_lib
 from cnnjax import workdir as workdir_lib
 from cnnjax.experiments import runs
 
-FLAGS = flags.FLAGS
 EARLY = 10  # iterations: the test error this early shows what the start is worth before training catches up
 WAYS = {"finetune": "fine-tuned (all layers)", "probe": "linear probe (head only)", "scratch": "from scratch"}
 COLORS = {"finetune": "C0", "probe": "C2", "scratch": "C3"}
@@ -98,21 +96,6 @@ def summary_table(results: list[dict]) -> str:
   return "\n".join(lines)
 
 
-def define_flags():
-  """Defined only when run as a command, so that importing several commands together is safe."""
-  flags.DEFINE_string("workdir", "runs/transfer-digits", "Where the runs, the figure and the table go.")
-  cli.define_integer_list("seeds", "0,1,2", "Seeds to train each way with.")
-  flags.DEFINE_string("data_dir", "", "tfds data directory.")
-
-
-def main(argv):
-  del argv
-  cli.start()
-  results = run(FLAGS.workdir, [int(s) for s in FLAGS.seeds], FLAGS.data_dir)
-  print(summary_table(results))
-  print(f"\nwrote {FLAGS.workdir}/transfer.png, transfer.csv")
-
-
 if __name__ == "__main__":
-  define_flags()
-  cli.run(main)
+  runs.define_flags("runs/transfer-digits", "0,1,2", "way")
+  cli.run(runs.command(run, summary_table, "transfer.png, transfer.csv"))
