@@ -10,13 +10,14 @@ import tempfile
 
 # before anything imports jax: 8 devices, and one persistent compilation cache for the session, shared by the
 # xdist workers (they inherit the controller's environment) and the commands they start, so a program several
-# tests build compiles once. LLVM's optimisation of the compiled code is switched off for the suite (and the
-# commands it starts): the tests' programs are tiny and run a few steps, so compiling dominates (one family's test
-# took 40 s with it, 23 s without), while what they check (shapes, values, bit-identical reruns of the same
-# program) does not depend on it.
+# tests build compiles once. The tests' programs are tiny and run a few steps, so compiling dominates, while what
+# they check (shapes, values, bit-identical reruns of the same program) does not depend on how the compiled code is
+# optimised: for the suite (and the commands it starts) LLVM's optimisation is off (one family's test took 40 s with
+# it, 23 s without) and fused loops are emitted the older, simpler way (XLA's CPU fusion emitters off: GoogLeNet's
+# training step compiles in 3.3 s instead of 7-11 s here, and runs as fast).
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 if "PYTEST_XDIST_WORKER" not in os.environ:  # the controlling process, or a session without workers
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-                             " --xla_backend_optimization_level=0")  # fmt: skip
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8 {FAST_COMPILE}"
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="cnnjax-tests-xla-cache-")
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # the tests' programs are small: keep them all
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
