@@ -49,19 +49,26 @@ def forward_order(model: nn.Module, variables, images) -> list[int]:
   Parameter dicts come out of JAX sorted by name (conv2_10 before conv2_2, fc before inception_3a), so the
   order is recorded from an abstract forward pass: each module's first call.
   """
+  calls = _first_calls(model, images.shape)
+  layers = weighted_layers(variables["params"])
+  return sorted(range(len(layers)), key=lambda i: calls[layers[i][0]])
+
+
+@functools.lru_cache(maxsize=8)  # one trace per model and input shape, however many steps are measured
+def _first_calls(model: nn.Module, shape: tuple) -> dict:
+  """{module path: the rank of its first call} in an abstract training forward pass (an init) on `shape`."""
   calls = {}
 
   def record(next_fun, args, kwargs, context):
     calls.setdefault(context.module.path, len(calls))
     return next_fun(*args, **kwargs)
 
-  def forward(variables, images):
-    return model.apply(variables, images, train=True, rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"])
+  def init(images):
+    return model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, images, train=True)
 
   with nn.intercept_methods(record):
-    jax.eval_shape(forward, variables, images)
-  layers = weighted_layers(variables["params"])
-  return sorted(range(len(layers)), key=lambda i: calls[layers[i][0]])
+    jax.eval_shape(init, jax.ShapeDtypeStruct(shape, jnp.float32))
+  return calls
 
 
 @functools.partial(jax.jit, static_argnames="cfg")
