@@ -38,13 +38,6 @@ settings.load_profile("cnnjax")
 flags.FLAGS.mark_as_parsed()
 
 
-def pytest_collection_modifyitems(items):
-  """The tests marked slow (each about 15 s or more on 2 cores) first. xdist gives each worker a contiguous share of
-  this order and lets an idle worker take over the end of another's, so the long tests start at once and the short
-  ones fill in around them, rather than one long test ending the session alone."""
-  items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # (a stable sort: otherwise as collected)
-
-
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory):
   """A tfds data directory for the session, so `digits` is prepared once."""

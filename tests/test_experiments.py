@@ -60,7 +60,6 @@ def test_cost_reproduces_the_papers_figures_and_writes_its_figures(tmp_path):
   assert "| vgg19 | 19,632,062,464 | 5.39x |" in cost.markdown(tables)
 
 
-@pytest.mark.slow
 def test_auxiliary_heads_add_gradient_to_the_lower_layers(tmp_path):
   # the experiment's own path (two trainings, four gradient profiles, the files) on a 16-image folder: GoogLeNet's
   # programs are what cost here, and a test split of 4 images keeps its evaluations short
@@ -85,7 +84,6 @@ def test_auxiliary_heads_add_gradient_to_the_lower_layers(tmp_path):
   assert (tmp_path / "w" / "auxiliary.csv").read_text().splitlines()[0].startswith("run,aux_heads,seed,step,train_error,test_error")
 
 
-@pytest.mark.slow
 def test_the_auxiliary_losses_weigh_0_3_each_and_read_inception_4a_and_4d():
   """Section 5: heads "put on top of the output of the Inception (4a) and (4d) modules", their losses "added to the
   total loss of the network with a discount weight (the losses of the auxiliary classifiers were weighted by 0.3)"."""
@@ -131,7 +129,6 @@ def test_a_bad_list_flag_is_one_clear_line_and_a_non_zero_exit():
   assert "Traceback" not in result.stderr
 
 
-@pytest.mark.slow
 def test_transfer_pretrains_once_and_trains_each_way_from_its_start(tfds_dir, tmp_path, capsys):
   tiny = {"data_dir": tfds_dir, "num_epochs": 0, "num_steps": 2, "log_every_steps": 1, "eval_every_steps": 2,
           "batch_size": 16}  # (the recipe's 50 does not split over the suite's 8 devices) # fmt: skip

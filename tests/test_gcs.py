@@ -29,7 +29,6 @@ def _params(workdir: str, step: int) -> list[np.ndarray]:
   return list(_leaves(ocp.StandardCheckpointer().restore(f"{workdir}/checkpoints/{step}/state")["params"]))
 
 
-@pytest.mark.slow
 def test_a_run_in_a_bucket_writes_everything_there_and_a_killed_run_resumes_bit_identical(gcs, tfds_dir):
   bucket = gcs.bucket("cnnjax-runs")
   args = [*LENET, f"--config.data_dir={tfds_dir}"]

@@ -30,7 +30,6 @@ def _cache_entries(folder) -> dict:
   return {f.name: f.stat().st_mtime_ns for f in folder.iterdir()}
 
 
-@pytest.mark.slow
 def test_quickstart_end_to_end(tfds_dir, tmp_path):
   workdir, cache = tmp_path / "run", tmp_path / "xla-cache"
   env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache)}  # a cache of this test's own, empty at first
@@ -100,7 +99,6 @@ def _interrupt(args, workdir, at_step: int, signals, log) -> subprocess.Popen:
   return process
 
 
-@pytest.mark.slow
 def test_runs_stopped_or_killed_at_random_points_resume_to_bit_identical_parameters(tfds_dir, tmp_path):
   """SIGKILL, SIGTERM, Ctrl-C and a double Ctrl-C, each at a random step, each followed by the same command:
   the run ends with the parameters and BatchNorm statistics of a run that was never interrupted."""
@@ -166,7 +164,6 @@ def namespace_script(tmp_path, script: str) -> subprocess.CompletedProcess:
   return subprocess.run(["unshare", "-Urm", "bash", str(path)], capture_output=True, text=True, timeout=400)
 
 
-@pytest.mark.slow
 def test_a_full_disk_stops_with_one_line_and_the_rerun_resumes_once_there_is_room(tfds_dir, tmp_path):
   disk, out = tmp_path / "disk", tmp_path / "out"
   disk.mkdir(), out.mkdir()

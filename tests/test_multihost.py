@@ -52,7 +52,6 @@ def state(workdir, step):
   return {"params": saved["params"], "batch_stats": saved["batch_stats"]}
 
 
-@pytest.mark.slow
 def test_two_processes_train_as_one_process_with_eight_devices_and_resume(tfds_dir, tmp_path):
   one, two = tmp_path / "one", tmp_path / "two"
   steps = [*STEPS, f"--config.data_dir={tfds_dir}"]

@@ -165,7 +165,6 @@ def test_convert_then_predict_gives_torchvisions_probabilities_through_its_own_p
   assert [t["label"] for t in result["top"]] == [_IMAGENET_CATEGORIES[i] for i in order]
 
 
-@pytest.mark.slow
 def test_a_converted_workdir_evaluates_on_imagenet_as_torchvision_does(small_tfds, tmp_path):
   from PIL import Image
   from torchvision import transforms

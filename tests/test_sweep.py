@@ -28,7 +28,6 @@ def run_sweep(file, workdir, *args, env=None):
   return result.stdout
 
 
-@pytest.mark.slow
 def test_a_sweep_runs_skips_resumes_and_summarises(tmp_path, tfds_dir):
   file, workdir = tmp_path / "tiny.py", tmp_path / "sweep"
   file.write_text(TINY)
@@ -61,7 +60,6 @@ def get_sweep():
 '''
 
 
-@pytest.mark.slow
 def test_a_sweep_owns_its_workdir_and_ctrl_c_stops_it_with_its_running_run_saved(tmp_path, tfds_dir):
   file, workdir = tmp_path / "long.py", tmp_path / "sweep"
   file.write_text(LONG)

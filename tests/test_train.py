@@ -65,7 +65,6 @@ def tiny_vgg(tfds_dir, dtype: str):
   return config
 
 
-@pytest.mark.slow
 def test_one_device_and_eight_devices_agree(tfds_dir):
   """BatchNorm statistics synchronised over the devices, gradients averaged, dropout masks drawn for the global
   batch (models.layers.Dropout): how the batch is split must not change the result, dropout included.
