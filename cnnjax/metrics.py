@@ -111,7 +111,8 @@ def read_metrics(path) -> list[dict]:
 def figure(path, *args, **kwargs):
   """The axes of Figure.subplots(*args, **kwargs) (figsize goes to the Figure), drawn off-screen and saved to `path`
   when the block ends (PNG, or what its suffix names: .svg, .pdf)."""
-  from matplotlib.figure import Figure  # not pyplot: no global figure state, and half a second less to import
+  # not pyplot: no global figure state, and half a second less to import
+  from matplotlib.figure import Figure
 
   figure_kwargs = {k: kwargs.pop(k) for k in ("figsize",) if k in kwargs}
   fig = Figure(**figure_kwargs)
