@@ -39,9 +39,8 @@ class EventFile:
     from tensorboard.compat.proto.summary_pb2 import Summary
 
     now = time.time()
-    self._file.append(b"".join(
-        self._record(self._event(wall_time=now, step=step, summary=Summary(value=[Summary.Value(tag=k, simple_value=v)])))
-        for k, v in values.items()))  # fmt: skip
+    summaries = [Summary(value=[Summary.Value(tag=k, simple_value=float(v))]) for k, v in values.items()]
+    self._file.append(b"".join(self._record(self._event(wall_time=now, step=step, summary=s)) for s in summaries))
 
   @staticmethod
   def _record(event) -> bytes:
@@ -114,8 +113,7 @@ def figure(path, *args, **kwargs):
   # not pyplot: no global figure state, and half a second less to import
   from matplotlib.figure import Figure
 
-  figure_kwargs = {k: kwargs.pop(k) for k in ("figsize",) if k in kwargs}
-  fig = Figure(**figure_kwargs)
+  fig = Figure(figsize=kwargs.pop("figsize", None))
   axes = fig.subplots(*args, **kwargs)
   yield axes
   fig.tight_layout()
