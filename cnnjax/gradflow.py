@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import itertools
 import json
+import textwrap
 
 import flax.linen as nn
 import jax
@@ -138,7 +139,10 @@ def plot(report: dict, path):
       norms = np.maximum([l["grad_norm"] for l in result["layers"]], 1e-45)  # a vanished gradient still shows
       ax.semilogy(depths, norms, "o-", markersize=3, label=f"step {result['step']}")
     options = ", ".join(f"{k}={v}" for k, v in report["model_options"].items())
-    ax.set(xlabel="depth (weighted layer, input to output)", ylabel="gradient norm", title=f"{report['model']} {options}")
+    ax.set(xlabel="depth (weighted layer, input to output)", ylabel="gradient norm")
+    # every option, wrapped to the figure's width (on one line they ran off both edges)
+    ax.set_title(textwrap.fill(f"{report['model']}: {options}", 95), fontsize=8)
+    ax.xaxis.get_major_locator().set_params(integer=True)  # depths are whole layers
     ax.grid(alpha=0.3, which="both")
     ax.legend()
 
