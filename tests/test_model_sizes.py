@@ -16,6 +16,14 @@ def cost(name, train=False, **options):
   return complexity.cost(models.create(name, **options), models.input_shape(name), train)
 
 
+def initialised(model, input_shape):
+  """((logits, outputs), variables) of an evaluation-mode init on two examples, as shapes (jax.eval_shape): one trace
+  gives both, since init runs the forward pass anyway."""
+  x = jax.ShapeDtypeStruct((2, *input_shape), jnp.float32)
+  rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+  return jax.eval_shape(lambda x: model.init_with_output(rngs, x, train=False), x)
+
+
 # Trainable parameters (BatchNorm running statistics excluded), as the issue's table and the reference give them.
 PARAMS = {
     "lenet5": 60_000,
@@ -49,15 +57,10 @@ PARAMS = {
 
 @pytest.mark.parametrize("name", sorted(set(PARAMS) | set(models.names()), key=lambda n: (n not in PARAMS, n)))
 def test_parameter_count_and_output_at_the_paper_input(name):
-  # shapes alone (jax.eval_shape): the multiply-add tests below trace the computation too
   model = models.create(name)  # with its paper's classes: 1000, or 10 for LeNet-5 and the CIFAR nets
-  variables = complexity.abstract_variables(model, models.input_shape(name))
+  (logits, out), variables = initialised(model, models.input_shape(name))
   if name in PARAMS:
     assert complexity.size(variables["params"]) == PARAMS[name]
-  if name == "resnet1202":  # the output is ResNet-110's code path, 11 times as long to trace
-    return
-  x = jax.ShapeDtypeStruct((2, *models.input_shape(name)), jnp.float32)
-  logits, out = jax.eval_shape(lambda v, x: model.apply(v, x), variables, x)
   assert logits.shape == (2, model.num_classes) and "pre_logits" in out
 
 
@@ -175,10 +178,7 @@ def test_depth_counts_weighted_layers_on_the_longest_path(name, depth):
 
 
 def _logits_shape(name, input_shape, num_classes):
-  model = models.create(name, num_classes=num_classes)
-  variables = complexity.abstract_variables(model, input_shape)
-  x = jax.ShapeDtypeStruct((2, *input_shape), jnp.float32)
-  logits, out = jax.eval_shape(lambda v, x: model.apply(v, x), variables, x)
+  (logits, out), _ = initialised(models.create(name, num_classes=num_classes), input_shape)
   assert "pre_logits" in out
   return logits.shape
 
