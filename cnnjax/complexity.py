@@ -117,11 +117,17 @@ class Cost:
     return stages
 
 
-def abstract_variables(model, input_shape, train=False, batch=1):
-  """The model's variables as shapes only (jax.eval_shape): nothing is allocated or run."""
+def abstract_init(model, input_shape, train=False, batch=1):
+  """(the model's output, its variables) as shapes only (jax.eval_shape): nothing is allocated or run. One trace
+  gives both: init runs the forward pass anyway, so the output costs nothing over the variables alone."""
   x = jax.ShapeDtypeStruct((batch, *input_shape), jnp.float32)
   rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
-  return jax.eval_shape(lambda x: model.init(rngs, x, train=train), x)
+  return jax.eval_shape(lambda x: model.init_with_output(rngs, x, train=train), x)
+
+
+def abstract_variables(model, input_shape, train=False, batch=1):
+  """The model's variables as shapes only (jax.eval_shape): nothing is allocated or run."""
+  return abstract_init(model, input_shape, train, batch)[1]
 
 
 def size(tree) -> int:

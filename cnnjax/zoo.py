@@ -89,9 +89,7 @@ def inception_savings(name: str = "googlenet") -> list[dict]:
   """Each inception module's multiply-adds with 1x1 reductions (as built) and naive (Fig. 2a) on the same input."""
   model = models.create(name)
   shape = models.input_shape(name)
-  variables = complexity.abstract_variables(model, shape)
-  x = jax.ShapeDtypeStruct((1, *shape), "float32")
-  _, out = jax.eval_shape(lambda v, x: model.apply(v, x), variables, x)
+  (_, out), _ = complexity.abstract_init(model, shape)
   rows, in_channels = [], out["conv2"].shape[-1]
   for stage, spec in INCEPTION_SPECS.items():
     _, h, w, channels = out[f"inception_{stage}"].shape

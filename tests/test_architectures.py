@@ -96,9 +96,7 @@ def test_lrn_follows_relu_of_conv1_and_conv2_only_and_precedes_their_pooling(mon
 ])  # fmt: skip
 def test_feature_map_sizes_follow_the_papers_pooling_and_strides(name, sizes):
   model = models.create(name)
-  variables = complexity.abstract_variables(model, models.input_shape(name))
-  x = jax.ShapeDtypeStruct((1, *models.input_shape(name)), jnp.float32)
-  _, out = jax.eval_shape(lambda v, x: model.apply(v, x), variables, x)
+  (_, out), _ = complexity.abstract_init(model, models.input_shape(name))
   assert {k: out[k].shape[1] for k in sizes} == sizes
   assert all(out[k].shape[1] == out[k].shape[2] for k in sizes)
 

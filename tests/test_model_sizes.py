@@ -16,14 +16,6 @@ def cost(name, train=False, **options):
   return complexity.cost(models.create(name, **options), models.input_shape(name), train)
 
 
-def initialised(model, input_shape):
-  """((logits, outputs), variables) of an evaluation-mode init on two examples, as shapes (jax.eval_shape): one trace
-  gives both, since init runs the forward pass anyway."""
-  x = jax.ShapeDtypeStruct((2, *input_shape), jnp.float32)
-  rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
-  return jax.eval_shape(lambda x: model.init_with_output(rngs, x, train=False), x)
-
-
 # Trainable parameters (BatchNorm running statistics excluded), as the issue's table and the reference give them.
 PARAMS = {
     "lenet5": 60_000,
@@ -58,7 +50,7 @@ PARAMS = {
 @pytest.mark.parametrize("name", sorted(set(PARAMS) | set(models.names()), key=lambda n: (n not in PARAMS, n)))
 def test_parameter_count_and_output_at_the_paper_input(name):
   model = models.create(name)  # with its paper's classes: 1000, or 10 for LeNet-5 and the CIFAR nets
-  (logits, out), variables = initialised(model, models.input_shape(name))
+  (logits, out), variables = complexity.abstract_init(model, models.input_shape(name), batch=2)
   if name in PARAMS:
     assert complexity.size(variables["params"]) == PARAMS[name]
   assert logits.shape == (2, model.num_classes) and "pre_logits" in out
@@ -103,10 +95,7 @@ def test_googlenet_auxiliary_heads_exist_in_training_only():
   assert cost("googlenet_torchvision", train=True).params == 13_004_888
   model = models.create("googlenet", num_classes=10)
   x = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
-  variables = complexity.abstract_variables(model, (64, 64, 3), train=True)
-  (logits, out), _ = jax.eval_shape(
-      lambda v, x: model.apply(v, x, train=True, rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"]),
-      variables, x)  # fmt: skip
+  (logits, out), variables = complexity.abstract_init(model, (64, 64, 3), train=True, batch=2)
   assert {"aux_4a", "aux_4d"} <= set(out) and out["aux_4a"].shape == logits.shape == (2, 10)
   _, out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
   assert not any(k.startswith("aux") for k in out)
@@ -178,7 +167,7 @@ def test_depth_counts_weighted_layers_on_the_longest_path(name, depth):
 
 
 def _logits_shape(name, input_shape, num_classes):
-  (logits, out), _ = initialised(models.create(name, num_classes=num_classes), input_shape)
+  (logits, out), _ = complexity.abstract_init(models.create(name, num_classes=num_classes), input_shape, batch=2)
   assert "pre_logits" in out
   return logits.shape
 
