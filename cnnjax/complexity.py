@@ -82,15 +82,15 @@ def _walk(jaxpr, in_depths, scope, macs_by_scope):
   return [depth_of(v) for v in jaxpr.outvars]
 
 
-def trace(fn, *args) -> tuple[dict, list]:
+def trace(fn, *args) -> tuple[dict, list, object]:
   """Trace fn(*args) abstractly (args may be ShapeDtypeStructs) without running it.
 
-  Returns ({name scope: MACs} in forward order, [weighted-layer depth of each flat output]).
+  Returns ({name scope: MACs} in forward order, [weighted-layer depth of each flat output], the shapes fn returns).
   """
-  closed = jax.make_jaxpr(fn)(*args)
+  closed, shapes = jax.make_jaxpr(fn, return_shape=True)(*args)
   by_scope = defaultdict(int)
   depths = _walk(closed.jaxpr, [0] * len(closed.jaxpr.invars), "", by_scope)
-  return dict(by_scope), depths
+  return dict(by_scope), depths, shapes
 
 
 def stage_of(name: str) -> str:
@@ -117,12 +117,15 @@ class Cost:
     return stages
 
 
-def abstract_init(model, input_shape, train=False, batch=1):
-  """(the model's output, its variables) as shapes only (jax.eval_shape): nothing is allocated or run. One trace
-  gives both: init runs the forward pass anyway, so the output costs nothing over the variables alone."""
-  x = jax.ShapeDtypeStruct((batch, *input_shape), jnp.float32)
+def _initialise(model, train: bool):
+  """x -> (the model's output, its variables): init runs the forward pass anyway, so one trace gives both."""
   rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
-  return jax.eval_shape(lambda x: model.init_with_output(rngs, x, train=train), x)
+  return lambda x: model.init_with_output(rngs, x, train=train)
+
+
+def abstract_init(model, input_shape, train=False, batch=1):
+  """(the model's output, its variables) as shapes only (jax.eval_shape), from one trace: nothing is allocated or run."""
+  return jax.eval_shape(_initialise(model, train), jax.ShapeDtypeStruct((batch, *input_shape), jnp.float32))
 
 
 def abstract_variables(model, input_shape, train=False, batch=1):
@@ -145,16 +148,10 @@ def cost(model, input_shape, train=False) -> Cost:
 
   `train=True` counts what exists only in training (GoogLeNet's auxiliary classifiers).
   """
-  variables = abstract_variables(model, input_shape, train)
+  # one trace of init, which runs the forward pass: its initialisers add no convolution or product and no depth
+  # (they do not read the input), so it counts what an apply would, and gives the variables besides
   x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
-  rngs = {"dropout": jax.random.key(0)}
-
-  def forward(variables, x):
-    if train:  # BatchNorm updates its running statistics in training
-      return model.apply(variables, x, train=True, rngs=rngs, mutable=["batch_stats"])[0]
-    return model.apply(variables, x, train=False)
-
-  by_scope, depths = trace(forward, variables, x)
+  by_scope, depths, (_, variables) = trace(_initialise(model, train), x)
   macs = sum(by_scope.values())
   depth = depths[0]  # the main logits come first; auxiliary heads branch off and end early
   macs_by_layer = defaultdict(int)

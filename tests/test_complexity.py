@@ -38,7 +38,7 @@ def _conv(c, padding=None):
 def test_conv_macs_match_the_formula(c):
   f, x, w = _conv(c)
   out = (c["size"] + 2 * c["padding"] - c["kernel"]) // c["stride"] + 1
-  by_scope, depths = complexity.trace(f, x, w)
+  by_scope, depths, _ = complexity.trace(f, x, w)
   # C_out * H_out * W_out * (C_in / groups) * k^2, per example, times the batch
   expected = c["batch"] * c["groups"] * c["out_per_group"] * out * out * c["in_per_group"] * c["kernel"] ** 2
   assert sum(by_scope.values()) == expected
@@ -50,7 +50,7 @@ def test_conv_macs_match_the_formula(c):
 def test_conv_macs_agree_with_xla_cost_analysis(c):
   # XLA counts a multiply-add as 2 flops and skips taps that fall on zero padding, so compare unpadded convs
   f, x, w = _conv(c, padding=0)
-  by_scope, _ = complexity.trace(f, x, w)
+  by_scope, *_ = complexity.trace(f, x, w)
   flops = jax.jit(f).lower(x, w).cost_analysis()["flops"]
   assert 2 * sum(by_scope.values()) == flops
 
@@ -60,7 +60,7 @@ def test_conv_macs_agree_with_xla_cost_analysis(c):
 def test_dense_macs_match_the_formula_and_xla(batch, fan_in, fan_out):
   x = jax.ShapeDtypeStruct((batch, fan_in), jnp.float32)
   w = jax.ShapeDtypeStruct((fan_in, fan_out), jnp.float32)
-  by_scope, _ = complexity.trace(jnp.matmul, x, w)
+  by_scope, *_ = complexity.trace(jnp.matmul, x, w)
   assert sum(by_scope.values()) == batch * fan_in * fan_out
   assert 2 * batch * fan_in * fan_out == jax.jit(jnp.matmul).lower(x, w).cost_analysis()["flops"]
 
@@ -77,7 +77,7 @@ def test_depth_is_the_longest_weighted_path_through_calls_and_branches():
     branch = two_layers(x) @ w
     return branch + shortcut, shortcut
 
-  by_scope, depths = complexity.trace(net, jax.ShapeDtypeStruct((1, 4), jnp.float32))
+  by_scope, depths, _ = complexity.trace(net, jax.ShapeDtypeStruct((1, 4), jnp.float32))
   assert depths == [3, 1]
   assert sum(by_scope.values()) == 4 * 16
 
