@@ -82,9 +82,10 @@ def _events(jaxpr, scope: tuple[str, ...], out: list):
       out.append(Event(here, "global_avg", shape(eqn.invars[0]), shape(eqn.outvars[0]), {}))
 
 
-def _trace(model, variables, x):
-  """(the jaxpr of a training forward pass, {module path: (class name, module, input shape, output shape)} of every
-  module's first call), from one trace."""
+def _trace(model, shape: tuple):
+  """(the jaxpr of a training forward pass on one example of `shape`, {module path: (class name, module, input shape,
+  output shape)} of every module's first call, the variables' shapes), from one trace: of init, which runs the
+  forward pass (its initialisers read no input, so nothing they compute is fed by it)."""
   calls = {}
 
   def record(next_fun, args, kwargs, context):
@@ -95,12 +96,12 @@ def _trace(model, variables, x):
                                     tuple(first.shape) if first is not None else ())  # fmt: skip
     return result
 
-  def forward(variables, x):
-    return model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"])
+  def forward(x):
+    return model.init_with_output({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, train=True)
 
   with nn.intercept_methods(record):
-    closed = jax.make_jaxpr(forward)(variables, x)
-  return closed.jaxpr, calls
+    closed, (_, variables) = jax.make_jaxpr(forward, return_shape=True)(jax.ShapeDtypeStruct((1, *shape), jnp.float32))
+  return closed.jaxpr, calls, variables
 
 
 def _stage(shape: tuple) -> str:
@@ -147,8 +148,7 @@ def _unfolded(name: str, options: tuple) -> dict:
   options = dict(options)
   model = models.create(name, **options)
   shape = models.input_shape(name)
-  variables = complexity.abstract_variables(model, shape, train=True)
-  jaxpr, modules = _trace(model, variables, jax.ShapeDtypeStruct((1, *shape), jnp.float32))
+  jaxpr, modules, variables = _trace(model, shape)
   events: list[Event] = []
   _events(jaxpr, (), events)
   root = type(model).__name__  # the name stack starts at the model itself
@@ -378,8 +378,7 @@ def block_data(name: str, block: str, **options) -> dict:
   """
   model = models.create(name, **options)
   shape = models.input_shape(name)
-  variables = complexity.abstract_variables(model, shape, train=True)
-  jaxpr, modules = _trace(model, variables, jax.ShapeDtypeStruct((1, *shape), jnp.float32))
+  jaxpr, modules, _ = _trace(model, shape)
   if (block,) not in modules:
     layers = [p[0] for p in modules if len(p) == 1]
     raise ValueError(f"{name} has no layer {block!r}; its layers: {', '.join(layers)}")
