@@ -22,19 +22,28 @@ def random_variables(model, image_size: int, seed: int = 0) -> dict:
 def dropped_fractions(model, image_size: int, train: bool = True) -> list[tuple]:
   """[(dropout layer's path, its rate, its input's features, the fraction of non-zero inputs it zeroed, how many
   it saw)] in the order of one forward pass; a layer that drops nothing (evaluation) is not listed."""
-  seen = []
+  layers_seen = []  # (path, rate), recorded while tracing; the jitted pass returns each one's input and output
 
-  def record(next_fun, args, kwargs, context):
-    out = next_fun(*args, **kwargs)
-    if isinstance(context.module, layers.Dropout) and out is not args[0]:
-      live = np.asarray(args[0]) != 0
-      zeroed = float(np.mean(np.asarray(out)[live] == 0))
-      seen.append(("/".join(context.module.path), context.module.rate, args[0].shape[1:], zeroed, int(live.sum())))
-    return out
+  @jax.jit
+  def inputs_and_outputs(variables, x):
+    pairs = []
+
+    def record(next_fun, args, kwargs, context):
+      out = next_fun(*args, **kwargs)
+      if isinstance(context.module, layers.Dropout) and out is not args[0]:
+        layers_seen.append(("/".join(context.module.path), context.module.rate))
+        pairs.append((args[0], out))
+      return out
+
+    with nn.intercept_methods(record):
+      model.apply(variables, x, train=train, rngs={"dropout": jax.random.key(3)}, mutable=["batch_stats"])
+    return pairs
 
   x, variables = jax.random.normal(jax.random.key(0), (4, image_size, image_size, 3)), random_variables(model, image_size)
-  with nn.intercept_methods(record):
-    model.apply(variables, x, train=train, rngs={"dropout": jax.random.key(3)}, mutable=["batch_stats"])
+  pairs, seen = jax.device_get(inputs_and_outputs(variables, x)), []
+  for (path, rate), (given, out) in zip(layers_seen, pairs, strict=True):
+    live = given != 0
+    seen.append((path, rate, given.shape[1:], float(np.mean(out[live] == 0)), int(live.sum())))
   return seen
 
 
