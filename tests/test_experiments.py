@@ -88,10 +88,11 @@ def test_the_auxiliary_losses_weigh_0_3_each_and_read_inception_4a_and_4d():
   """Section 5: heads "put on top of the output of the Inception (4a) and (4d) modules", their losses "added to the
   total loss of the network with a discount weight (the losses of the auxiliary classifiers were weighted by 0.3)"."""
   config = auxiliary.run_config(aux_heads=True)
-  model = train.create_model(config, num_classes=10)
+  # two classes, as in the experiment's test above: the same init program, compiled once for both
+  model = train.create_model(config, num_classes=2)
   images = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
-  labels = jnp.array([0, 3, 5, 9])
-  variables = jax.jit(lambda x: model.init({"params": jax.random.key(1), "dropout": jax.random.key(2)}, x, train=True))(images)
+  labels = jnp.array([0, 1, 1, 0])
+  variables = train.init_variables(jax.random.key(1), model, train.input_shape(config))
   state = train.TrainState.create(apply_fn=model.apply, params=variables["params"], batch_stats={}, tx=optax.sgd(0.1))
   cfg = train.StepConfig(model, lambda step: 0.1, (0.0,) * 3, (1.0,) * 3, aux_loss_weight=0.3)
 
