@@ -117,7 +117,7 @@ class Cost:
     return stages
 
 
-def _initialise(model, train: bool):
+def initialise(model, train: bool):
   """x -> (the model's output, its variables): init runs the forward pass anyway, so one trace gives both."""
   rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
   return lambda x: model.init_with_output(rngs, x, train=train)
@@ -125,7 +125,7 @@ def _initialise(model, train: bool):
 
 def abstract_init(model, input_shape, train=False, batch=1):
   """(the model's output, its variables) as shapes only (jax.eval_shape), from one trace: nothing is allocated or run."""
-  return jax.eval_shape(_initialise(model, train), jax.ShapeDtypeStruct((batch, *input_shape), jnp.float32))
+  return jax.eval_shape(initialise(model, train), jax.ShapeDtypeStruct((batch, *input_shape), jnp.float32))
 
 
 def abstract_variables(model, input_shape, train=False, batch=1):
@@ -151,7 +151,7 @@ def cost(model, input_shape, train=False) -> Cost:
   # one trace of init, which runs the forward pass: its initialisers add no convolution or product and no depth
   # (they do not read the input), so it counts what an apply would, and gives the variables besides
   x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
-  by_scope, depths, (_, variables) = trace(_initialise(model, train), x)
+  by_scope, depths, (_, variables) = trace(initialise(model, train), x)
   macs = sum(by_scope.values())
   depth = depths[0]  # the main logits come first; auxiliary heads branch off and end early
   macs_by_layer = defaultdict(int)

@@ -96,9 +96,7 @@ def _trace(model, shape: tuple):
                                     tuple(first.shape) if first is not None else ())  # fmt: skip
     return result
 
-  def forward(x):
-    return model.init_with_output({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, train=True)
-
+  forward = complexity.initialise(model, train=True)
   with nn.intercept_methods(record):
     closed, (_, variables) = jax.make_jaxpr(forward, return_shape=True)(jax.ShapeDtypeStruct((1, *shape), jnp.float32))
   return closed.jaxpr, calls, variables
