@@ -34,9 +34,8 @@ def test_inception_cost_formula_matches_the_traced_module(spec, variant, size, i
   module = Inception(*spec, conv=nn.Conv, norm=None, act=nn.relu, variant=variant, c5_kernel=c5_kernel)
   x = jax.ShapeDtypeStruct((1, size, size, in_channels), jnp.float32)
   variables = jax.eval_shape(module.init, jax.random.key(0), x)
-  by_scope, *_ = complexity.trace(module.apply, variables, x)
+  by_scope, _, out = complexity.trace(module.apply, variables, x)  # (the trace gives the output's shape too)
   assert sum(by_scope.values()) == inception_macs(size, size, in_channels, spec, variant, c5_kernel)
-  out = jax.eval_shape(module.apply, variables, x)
   c1, _, c3, _, c5, pool_proj = spec
   assert out.shape[-1] == c1 + c3 + c5 + (pool_proj if variant == "reduced" else in_channels)
 
