@@ -154,8 +154,15 @@ def latest_variables(workdir: str) -> dict:
   steps = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()), reverse=True) if directory.exists() else []
   if not steps:
     raise CheckpointError(f"no checkpoint in {directory} to start from")
-  state = ocp.StandardCheckpointer().restore(directory / str(steps[0]) / "state")
+  state = read_state(directory / str(steps[0]) / "state")
   return {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
+
+
+def read_state(path) -> dict:
+  """The saved train state at `path` (a step's state folder) as arrays, whatever its optimizer; the reader is
+  closed afterwards (an open one keeps its worker threads for the life of the process)."""
+  with ocp.StandardCheckpointer() as reader:
+    return reader.restore(path)
 
 
 def _all_options(config_dict: dict) -> dict:

@@ -2,11 +2,10 @@
 trainable='head', on tiny CIFAR ResNets (BatchNorm, so frozen statistics are checked too) and fake data."""
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
+from cnnjax import checkpoint, train
 from cnnjax import config as config_lib
-from cnnjax import train
 from cnnjax.models.pretrained import WeightsError, merge
 
 
@@ -19,7 +18,7 @@ def tiny(dataset: str, **fields):
 
 
 def saved(workdir, step):
-  state = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
+  state = checkpoint.read_state(workdir / "checkpoints" / str(step) / "state")
   return {"params": state["params"], "batch_stats": state["batch_stats"]}
 
 

@@ -12,13 +12,12 @@ import threading
 import time
 
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from etils import epath
 from test_main import _interrupt, _leaves, run
 from test_sweep import run_sweep
 
-from cnnjax import cloud, data
+from cnnjax import checkpoint, cloud, data
 from cnnjax import workdir as workdir_lib
 
 LENET = ["--config=configs/lenet5.py", "--config.batch_size=16", "--config.num_steps=12", "--config.checkpoint_every_steps=4",
@@ -26,7 +25,7 @@ LENET = ["--config=configs/lenet5.py", "--config.batch_size=16", "--config.num_s
 
 
 def _params(workdir: str, step: int) -> list[np.ndarray]:
-  return list(_leaves(ocp.StandardCheckpointer().restore(f"{workdir}/checkpoints/{step}/state")["params"]))
+  return list(_leaves(checkpoint.read_state(f"{workdir}/checkpoints/{step}/state")["params"]))
 
 
 def test_a_run_in_a_bucket_writes_everything_there_and_a_killed_run_resumes_bit_identical(gcs, tfds_dir):

@@ -10,10 +10,10 @@ import sys
 import time
 
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
-from cnnjax import config as config_lib, metrics
+from cnnjax import checkpoint, metrics
+from cnnjax import config as config_lib
 
 ROOT = pathlib.Path(__file__).parent.parent  # config paths are relative to the repository root
 
@@ -60,7 +60,7 @@ def test_quickstart_end_to_end(tfds_dir, tmp_path):
 
 
 def _final_params(workdir, step):
-  return ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")["params"]
+  return checkpoint.read_state(workdir / "checkpoints" / str(step) / "state")["params"]
 
 
 def _leaves(tree):
@@ -129,7 +129,7 @@ def test_runs_stopped_or_killed_at_random_points_resume_to_bit_identical_paramet
   resumed = run(*args, f"--workdir={workdir}")
   assert resumed.returncode == 0, resumed.stderr
   a, b = list(_leaves(_final_params(tmp_path / "straight", 40))), list(_leaves(_final_params(workdir, 40)))
-  stats = [ocp.StandardCheckpointer().restore(w / "checkpoints" / "40" / "state")["batch_stats"] for w in (tmp_path / "straight", workdir)]
+  stats = [checkpoint.read_state(w / "checkpoints" / "40" / "state")["batch_stats"] for w in (tmp_path / "straight", workdir)]
   assert len(a) == len(b) == 38  # VGG-11: 8 convs with a bias and BatchNorm (4 tensors each), fc6-fc8 (2 each)
   for x, y in zip(a + list(_leaves(stats[0])), b + list(_leaves(stats[1]))):
     np.testing.assert_array_equal(x, y)
