@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import FAST_COMPILE, free_port
+from conftest import SUITE_XLA_FLAGS, free_port
 from test_main import ROOT
 
 # float64 (JAX_ENABLE_X64 below): then one process and two agree to summation order, and a tight bound can tell a
@@ -24,7 +24,7 @@ STEPS = ["--config=configs/vgg.py:11,bn,local", "--config.model_options.widths=4
 def launch(workdir, processes: int, *args, port: int = 0):
   """`processes` cnnjax.main processes sharing 8 CPU devices among them."""
   env = {**os.environ, "JAX_ENABLE_X64": "1",
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // processes} {FAST_COMPILE}"}
+         "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // processes} {SUITE_XLA_FLAGS}"}
   distributed = [f"--coordinator_address=127.0.0.1:{port or free_port()}", f"--num_processes={processes}"]
   return [
       subprocess.Popen([sys.executable, "-m", "cnnjax.main", f"--workdir={workdir}", *args,
