@@ -16,7 +16,7 @@ import tempfile
 # it, 23 s without) and fused loops are emitted the older, simpler way (XLA's CPU fusion emitters off: GoogLeNet's
 # training step compiles in 3.3 s instead of 7-11 s here, and runs as fast).
 # XLA aborts a process whose simulated devices have waited 40 s for each other in a collective (its deadlock guard).
-# A test process died in test_finetune's evaluation in 2 of 16 runs of the suite here and in 1 of 6 runs of two
+# A test process died in test_finetune's evaluation in 2 of 16 runs of the suite here and in 1 of 5 runs of two
 # files beside a running suite; the one caught in a core dump was that guard, in an 8-device all-reduce. Ten minutes
 # lets a late device arrive; a real deadlock still ends the test, after XLA's "may be stuck" warnings at 20 s, which
 # reach the log (--capture=sys in pyproject.toml).
