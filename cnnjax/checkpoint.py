@@ -159,8 +159,8 @@ def latest_variables(workdir: str) -> dict:
 
 
 def read_state(path) -> dict:
-  """The saved train state at `path` (a step's state folder) as arrays, whatever its optimizer; the reader is
-  closed afterwards (an open one keeps its worker threads for the life of the process)."""
+  """The saved train state at `path` (a step's state folder) as arrays, whatever its optimizer, read by a
+  checkpointer that is closed afterwards, as Orbax asks of every one."""
   with ocp.StandardCheckpointer() as reader:
     return reader.restore(path)
 

@@ -44,11 +44,11 @@ def finish(processes, timeout=240):
 def state(workdir, step):
   """The saved parameters and BatchNorm statistics as numpy arrays (readable whatever devices saved them)."""
   path = os.path.join(workdir, "checkpoints", str(step), "state")
-  checkpointer = ocp.PyTreeCheckpointer()
-  metadata = checkpointer.metadata(path)
-  tree = getattr(getattr(metadata, "item_metadata", metadata), "tree", metadata)
-  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-  saved = checkpointer.restore(path, restore_args=args)
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    metadata = checkpointer.metadata(path)
+    tree = getattr(getattr(metadata, "item_metadata", metadata), "tree", metadata)
+    args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    saved = checkpointer.restore(path, restore_args=args)
   return {"params": saved["params"], "batch_stats": saved["batch_stats"]}
 
 
