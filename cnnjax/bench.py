@@ -14,6 +14,7 @@ first finished step, with the persistent compilation cache as users have it (--n
 FLOPs per image are 3 x 2 x the model's multiply-adds (forward, and a backward of twice the forward).
 A benchmark, not a test: tests only check that it runs and reports every field.
 """
+import contextlib
 import json
 import resource
 import statistics
@@ -24,7 +25,7 @@ import psutil
 from absl import flags
 from ml_collections import config_flags
 
-from cnnjax import cli, complexity, data, train
+from cnnjax import cli, complexity, data, devices, models, train
 from cnnjax import config as config_lib
 
 FLAGS = flags.FLAGS
@@ -53,17 +54,31 @@ def run(config, input_kind: str = "fake", steps: int = 20, window: int = 5, warm
     raise ValueError(f"unknown --input {input_kind!r}; valid: fake, real")
   shape = train.input_shape(config)
   fake = data.load(f"fake:{'x'.join(map(str, shape))}:{CLASSES.get(config.dataset, 10)}") if input_kind == "fake" else None
-  setup = train.build(config, dataset=fake)
-  mesh = train.device_mesh()
-  state = train.replicate(train.initial_state(setup), mesh)
-  batches = train.prefetch_to_device(
-      iter(data.train_batches(setup.dataset, shape, setup.layout, config.seed, config.augment, config.workers)), mesh
-  )
-  if fake is not None:
-    batch, _ = next(batches)
-    batches = iter(lambda: (batch, None), None)  # the same device batch every step: the step alone
-  p_train, p_eval = train.pmapped_steps(setup.step_config)
+  run = train.build(config, dataset=fake)
+  mesh = devices.device_mesh()
+  state = devices.replicate(train.initial_state(run), mesh)
+  p_train, p_eval = train.pmapped_steps(run.step_config)
+  stream = data.train_batches(run.dataset, shape, run.layout, config.seed, config.augment, config.workers)
+  with data.reading(stream) as read, contextlib.closing(devices.prefetch_to_device(read, mesh)) as fed:
+    batches = fed
+    if fake is not None:
+      batch, _ = next(fed)
+      batches = iter(lambda: (batch, None), None)  # the same device batch every step: the step alone
+    state, timing = _time_train(p_train, state, batches, steps, window, warmup)
+  with data.reading(data.eval_batches(run.dataset, shape, run.layout)) as read:
+    eval_batch = jax.device_put(next(read), devices.batch_sharding(mesh))
+  jax.block_until_ready(p_eval(state, eval_batch))  # compile
+  start = time.perf_counter()
+  for _ in range(window):
+    out = p_eval(state, eval_batch)
+  jax.block_until_ready(out)
+  eval_s = (time.perf_counter() - start) / window
+  macs = complexity.cost(models.unsynchronised(run.step_config.model), shape).macs
+  return _report(config, input_kind, shape, macs, timing, eval_s)
 
+
+def _time_train(p_train, state, batches, steps: int, window: int, warmup: int):
+  """(state after, {first step's s, start-up s, median step s, median host s per step})."""
   host_s = []  # this thread's CPU time per step: the loop's own cost, without its waits for the device
 
   def train_steps(n: int) -> float:
@@ -80,37 +95,31 @@ def run(config, input_kind: str = "fake", steps: int = 20, window: int = 5, warm
   train_steps(warmup)
   host_s.clear()
   step_s = statistics.median(train_steps(window) / window for _ in range(max(1, steps // window)))
+  return state, {"first_s": first, "startup_s": startup, "step_s": step_s, "host_s": statistics.median(host_s)}
 
-  eval_batch = jax.device_put(next(iter(data.eval_batches(setup.dataset, shape, setup.layout))), train.batch_sharding(mesh))
-  jax.block_until_ready(p_eval(state, eval_batch))  # compile
-  start = time.perf_counter()
-  for _ in range(window):
-    out = p_eval(state, eval_batch)
-  jax.block_until_ready(out)
-  eval_s = (time.perf_counter() - start) / window
 
-  device = jax.devices()[0]
-  macs = complexity.cost(train.unsynchronised(setup.step_config.model), shape).macs
+def _report(config, input_kind: str, shape, macs: int, timing: dict, eval_s: float) -> dict:
+  device, step_s = jax.devices()[0], timing["step_s"]
   img_per_s = config.batch_size / step_s
   peak = peak_flops(device.device_kind)
   return {
-      "model": config.model,
-      "input": input_kind,
-      "batch": config.batch_size,
-      "image": list(shape),
-      "dtype": config.dtype,
-      "backend": jax.default_backend(),
-      "device_kind": device.device_kind,
-      "devices": jax.device_count(),
-      "step_ms": round(step_s * 1e3, 2),
-      "host_ms_per_step": round(statistics.median(host_s) * 1e3, 3),
-      "img_per_s": round(img_per_s, 1),
-      "eval_img_per_s": round(config.batch_size / eval_s, 1),
-      "compile_s": round(first - step_s, 2),
-      "startup_s": round(startup, 2),
-      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # Linux: KiB
-      "train_flops_per_image": 6 * macs,
-      "mfu": round(6 * macs * img_per_s / (peak * jax.device_count()), 4) if peak else None,
+    "model": config.model,
+    "input": input_kind,
+    "batch": config.batch_size,
+    "image": list(shape),
+    "dtype": config.dtype,
+    "backend": jax.default_backend(),
+    "device_kind": device.device_kind,
+    "devices": jax.device_count(),
+    "step_ms": round(step_s * 1e3, 2),
+    "host_ms_per_step": round(timing["host_s"] * 1e3, 3),
+    "img_per_s": round(img_per_s, 1),
+    "eval_img_per_s": round(config.batch_size / eval_s, 1),
+    "compile_s": round(timing["first_s"] - step_s, 2),
+    "startup_s": round(timing["startup_s"], 2),
+    "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # Linux: KiB
+    "train_flops_per_image": 6 * macs,
+    "mfu": round(6 * macs * img_per_s / (peak * jax.device_count()), 4) if peak else None,
   }
 
 

@@ -9,6 +9,7 @@ a checkpoint and is removed when the workdir is next opened. A save that fails s
 naming the cause and the last intact checkpoint. Restoring walks back from the newest step: a corrupt one is
 reported and the previous used.
 """
+
 import json
 import logging
 from typing import Callable
@@ -19,6 +20,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from cnnjax import models
+from cnnjax.errors import CheckpointError
 from cnnjax import workdir as workdir_lib
 
 # The fields that fix the shapes of the parameters: a workdir is only resumed by the same model.
@@ -39,12 +41,6 @@ def _array_handlers() -> ocp.type_handlers.TypeHandlerRegistry:
   )  # fmt: skip
 
 
-class CheckpointError(RuntimeError):
-  """A workdir whose checkpoints cannot be used: the message says why."""
-
-
-
-
 class Checkpointer:
   def __init__(self, workdir: str, config, keep: int = 3, create: bool = True):
     self.workdir = workdir_lib.resolve(workdir)
@@ -62,7 +58,10 @@ class Checkpointer:
       workdir_lib.write_text(config_file, json.dumps(ours, indent=1, sort_keys=True))
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, enable_async_checkpointing=True,
                                            cleanup_tmp_directories=create)  # fmt: skip
-    handlers = {"state": ocp.PyTreeCheckpointHandler(type_handler_registry=_array_handlers()), "data": ocp.JsonCheckpointHandler()}
+    handlers = {
+      "state": ocp.PyTreeCheckpointHandler(type_handler_registry=_array_handlers()),
+      "data": ocp.JsonCheckpointHandler(),
+    }
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
     self._saving = None  # the step whose asynchronous save may still be running
 
@@ -115,9 +114,7 @@ class Checkpointer:
     errors = []
     for step in steps:
       try:
-        restored = self.manager.restore(
-            step, args=ocp.args.Composite(state=state_args, data=ocp.args.JsonRestore())
-        )
+        restored = self.manager.restore(step, args=ocp.args.Composite(state=state_args, data=ocp.args.JsonRestore()))
       except Exception as e:  # a truncated or corrupt step: report it and fall back to the one before
         errors.append(f"step {step}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
         logging.warning("checkpoint %s/%d is unreadable (%s); trying the previous one", self.directory, step, e)
@@ -142,6 +139,16 @@ class Checkpointer:
     self.manager.close()
 
 
+def latest_state(workdir: str, config, init_fn: Callable):
+  """The state in the latest readable checkpoint of `workdir` (shapes from `init_fn`); CheckpointError if there
+  is none."""
+  ckpt = Checkpointer(workdir, config, keep=config.keep_checkpoints, create=False)
+  try:
+    return ckpt.restore_latest(init_fn, required=True)[0]
+  finally:
+    ckpt.close()
+
+
 def is_workdir(path: str) -> bool:
   """Whether `path` (a local or gs:// folder) is a cnnjax workdir: it has the config.json of its run."""
   return (workdir_lib.resolve(path) / "config.json").exists()
@@ -151,7 +158,9 @@ def latest_variables(workdir: str) -> dict:
   """{'params', 'batch_stats'} of the newest checkpoint in `workdir`, read without knowing the run's optimizer
   (a fine-tuning's init_from)."""
   directory = workdir_lib.resolve(workdir) / "checkpoints"
-  steps = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()), reverse=True) if directory.exists() else []
+  steps = (
+    sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()), reverse=True) if directory.exists() else []
+  )
   if not steps:
     raise CheckpointError(f"no checkpoint in {directory} to start from")
   state = read_state(directory / str(steps[0]) / "state")
@@ -184,14 +193,14 @@ def _refuse_other_runs(workdir, theirs: dict, ours: dict):
   differ = {k: (theirs.get(k), ours.get(k)) for k in IDENTITY if theirs.get(k) != ours.get(k)}
   if differ:
     raise CheckpointError(
-        f"{workdir} holds checkpoints of another model ({', '.join(f'{k}: {a!r}, not {b!r}' for k, (a, b) in differ.items())}); "
-        "choose another --workdir or remove that one."
+      f"{workdir} holds checkpoints of another model ({', '.join(f'{k}: {a!r}, not {b!r}' for k, (a, b) in differ.items())}); "
+      "choose another --workdir or remove that one."
     )
   differ = {k: (theirs.get(k), ours.get(k)) for k in STEP_MEANING if theirs.get(k) != ours.get(k)}
   if differ:
     changes = ", ".join(f"{k} {a!r}, not {b!r}" for k, (a, b) in differ.items())
     keep = " ".join(f"--config.{k}={a}" for k, (a, _) in differ.items())
     raise CheckpointError(
-        f"{workdir} was trained with {changes}: a resumed step would then mean other examples than the checkpoint's "
-        f"step count and data position describe. Resume with {keep}, or choose another --workdir."
+      f"{workdir} was trained with {changes}: a resumed step would then mean other examples than the checkpoint's "
+      f"step count and data position describe. Resume with {keep}, or choose another --workdir."
     )

@@ -7,12 +7,12 @@ import sys
 import jax
 from absl import app, flags, logging
 
-from cnnjax import checkpoint, data, train, workdir
+from cnnjax import errors, workdir
 from cnnjax.config import parse_flags
 
 # What a user can cause (a bad config or name, a missing dataset, a diverging run, a foreign, busy or full
 # workdir): reported as one line and a non-zero exit, never a traceback.
-USER_ERRORS = (ValueError, data.DatasetError, train.TrainingDiverged, checkpoint.CheckpointError, workdir.WorkdirError)
+USER_ERRORS = (ValueError, errors.TrainingDiverged, errors.CheckpointError, errors.WorkdirError)  # DatasetError: a ValueError
 
 
 def default_cache_dir() -> str:
@@ -62,12 +62,12 @@ def one_line_errors(config_path: str = ""):
   that very config."""
   try:
     yield
-  except train.Stopped as e:
+  except errors.Stopped as e:
     print(e, file=sys.stderr, flush=True)
     sys.exit(e.exit_code)
   except USER_ERRORS as e:
     message = f"error: {e}"
-    if config_path and isinstance(e, data.DatasetError):
+    if config_path and isinstance(e, errors.DatasetError):
       path, _, arg = config_path.partition(":")
       message = message.replace("configs/NAME.py:local", f"{path}:{arg},local" if arg else f"{path}:local")
     sys.exit(message)

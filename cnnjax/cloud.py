@@ -26,7 +26,7 @@ import os
 import pathlib
 import shutil
 
-from cnnjax import workdir as workdir_lib
+from cnnjax.errors import WorkdirError
 
 CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "cnnjax", "gcs")
 INSTALL = "pip install -e '.[gcs]'"
@@ -51,7 +51,7 @@ def _storage():
   try:
     from google.cloud import storage
   except ImportError:
-    raise workdir_lib.WorkdirError(f"gs:// paths need the Cloud Storage clients: {INSTALL}") from None
+    raise WorkdirError(f"gs:// paths need the Cloud Storage clients: {INSTALL}") from None
   return storage
 
 
@@ -109,7 +109,7 @@ class ClaimObject:
       why = reason(e)
       if why is None:
         raise
-      raise workdir_lib.WorkdirError(f"cannot {verb} {self.path}: {why}.") from None
+      raise WorkdirError(f"cannot {verb} {self.path}: {why}.") from None
 
   def read(self) -> tuple[str | None, str | None]:
     """(text, generation) of the claim, (None, None) if there is none."""
@@ -174,7 +174,7 @@ def local_data_dir(url: str, dataset_dir: str) -> str:
         return local_root
     needed, free = sum(listing.values()), shutil.disk_usage(os.path.dirname(target)).free
     if needed > free:
-      raise workdir_lib.WorkdirError(
+      raise WorkdirError(
           f"{dataset_dir} ({needed / 1e9:.1f} GB) does not fit in {CACHE} ({free / 1e9:.1f} GB free): mount the bucket "
           f"with gcsfuse and give the mount as a local data_dir, or set XDG_CACHE_HOME to a bigger disk."
       )  # fmt: skip

@@ -14,7 +14,8 @@ resnet18..resnet152.
 import jax
 from absl import app, flags
 
-from cnnjax import checkpoint, cli, models, train
+from cnnjax import checkpoint, cli, errors, models, optim, train
+from cnnjax import workdir as workdir_lib
 from cnnjax import config as config_lib
 from cnnjax.models import pretrained
 
@@ -39,12 +40,15 @@ def convert(name: str, weights, workdir: str) -> dict:
   if model.num_classes != 1000:
     raise pretrained.WeightsError(f"these weights have {model.num_classes} classes, not ImageNet's 1000: train with "
                                   "--config.init_from=FILE on the dataset they belong to instead")  # fmt: skip
-  lr_fn = train.create_learning_rate_fn(config, steps_per_epoch=1)
-  state = train.TrainState.create(apply_fn=model.apply, params=variables["params"], batch_stats=variables["batch_stats"],
-                                  tx=train.create_optimizer(config, lr_fn))  # fmt: skip
-  with train.owned(workdir):
+  state = train.TrainState.create(
+    apply_fn=model.apply,
+    params=variables["params"],
+    batch_stats=variables["batch_stats"],
+    tx=optim.sgd(config, optim.schedule(config, steps_per_epoch=1)),
+  )
+  with workdir_lib.claim(workdir):
     if checkpoint.is_workdir(workdir):
-      raise checkpoint.CheckpointError(f"{workdir} is a workdir already: choose a new --workdir for the converted weights")
+      raise errors.CheckpointError(f"{workdir} is a workdir already: choose a new --workdir for the converted weights")
     ckpt = checkpoint.Checkpointer(workdir, config)
     try:
       ckpt.save(0, state, {})  # no position in any data stream: a training from here starts at the beginning

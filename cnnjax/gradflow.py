@@ -9,6 +9,7 @@ statistics of each named intermediate; and W/gradflow.png, gradient norm against
 Gradients are those of the training loss on one fixed probe batch (the first training batch), on one
 device; between the requested steps the model trains with its config's recipe on all local devices.
 """
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -23,7 +24,7 @@ from absl import app, flags
 from etils import epath
 from ml_collections import config_flags
 
-from cnnjax import cli, data, metrics, train
+from cnnjax import cli, data, devices, metrics, models, train
 from cnnjax import config as config_lib
 
 FLAGS = flags.FLAGS
@@ -91,7 +92,7 @@ def profile(state: train.TrainState, batch: dict, step_config: train.StepConfig)
   images = batch["image"].reshape(-1, *batch["image"].shape[2:])
   labels = batch["label"].reshape(-1)
   # one device, the whole probe batch: BatchNorm needs no cross-device axis here
-  cfg = dataclasses.replace(step_config, model=train.unsynchronised(step_config.model))
+  cfg = dataclasses.replace(step_config, model=models.unsynchronised(step_config.model))
   norms, stats = jax.device_get(_measure(state.params, state.batch_stats, images, labels, cfg))
   names = [name for _, name, _ in weighted_layers(state.params)]
   order = forward_order(cfg.model, {"params": state.params, "batch_stats": state.batch_stats}, images.astype("float32"))
@@ -101,28 +102,29 @@ def profile(state: train.TrainState, batch: dict, step_config: train.StepConfig)
   }
 
 
-def training_stream(setup: train.Run):
-  """The run's training batches in order; the first is the probe batch every measurement uses."""
-  config = setup.config
-  return iter(data.train_batches(setup.dataset, train.input_shape(config), setup.layout, config.seed, config.augment))
+def training_batches(run: train.Run):
+  """The run's training batches in order, read until the `with` block ends; the first is the probe batch every
+  measurement uses."""
+  config = run.config
+  return data.reading(data.train_batches(run.dataset, train.input_shape(config), run.layout, config.seed, config.augment))
 
 
 def run(config, workdir: str, steps: list[int]) -> dict:
   """Measure at each of `steps`, training in between; write gradflow.json and gradflow.png into workdir."""
   steps = sorted(set(steps))
-  setup = train.build(config)
-  mesh = train.device_mesh()
-  state = train.replicate(train.initial_state(setup), mesh)
-  stream = training_stream(setup)
-  probe = next(stream)
-  batches = train.prefetch_to_device(stream, mesh)
-  p_train, _ = train.pmapped_steps(setup.step_config)
+  run = train.build(config)
+  mesh = devices.device_mesh()
+  state = devices.replicate(train.initial_state(run), mesh)
+  p_train, _ = train.pmapped_steps(run.step_config)
   results, done = [], 0
-  for step in steps:
-    for batch, _ in itertools.islice(batches, step - done):
-      state, _ = p_train(state, batch)
-    done = step
-    results.append({"step": step, **profile(state, probe, setup.step_config)})
+  with training_batches(run) as stream:
+    probe = next(stream)
+    with contextlib.closing(devices.prefetch_to_device(stream, mesh)) as batches:
+      for step in steps:
+        for batch, _ in itertools.islice(batches, step - done):
+          state, _ = p_train(state, batch)
+        done = step
+        results.append({"step": step, **profile(state, probe, run.step_config)})
   report = {"model": config.model, "model_options": dict(config.model_options), "probe_batch": int(probe["label"].size),
             "layers": results[0]["layers"], "steps": results}  # fmt: skip
   workdir = epath.Path(workdir)

@@ -5,6 +5,7 @@ one whole record at a time, through cnnjax.workdir (local folders and gs:// alik
 error of the run's own thread, reported once, not a background thread's traceback.
 """
 import contextlib
+import csv
 import json
 import math
 import socket
@@ -192,3 +193,20 @@ def _duration(seconds: float) -> str:
     return "?"
   seconds = int(seconds)
   return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def final_errors(run_dir) -> dict:
+  """A finished run's training error over the last logged interval and its last test error, in percent."""
+  lines = read_metrics(epath.Path(run_dir) / "metrics.jsonl")
+  last_train = [l for l in lines if "train_accuracy" in l][-1]
+  last_eval = [l for l in lines if "eval_accuracy" in l][-1]
+  return {"step": last_eval["step"], "train_error": 100 * (1 - last_train["train_accuracy"]),
+          "test_error": 100 * (1 - last_eval["eval_accuracy"])}  # fmt: skip
+
+
+def write_csv(path, rows: list[dict]) -> None:
+  """A results table, one row per run (local or gs://)."""
+  with epath.Path(path).open("w") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)

@@ -16,7 +16,7 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from cnnjax import checkpoint, cli, data, models, train
+from cnnjax import checkpoint, cli, data, models
 from cnnjax import config as config_lib
 from cnnjax.data import pipeline, sources
 from cnnjax.models import pretrained
@@ -55,7 +55,7 @@ class Predictor:
   def model_input(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(the image as the model sees it: uint8 at its input size, the normalised [1, H, W, C] batch)."""
     fitted = pipeline.fit_example({"image": image}, self.input_shape, self.dataset.spec.style, train=False)
-    mean, std = train.normalization(self.dataset, self.input_shape[2])  # the run's own statistics
+    mean, std = self.dataset.normalization(self.input_shape[2])  # the run's own statistics
     return fitted, data.normalize(fitted[None], mean, std)
 
   def probabilities(self, image: np.ndarray) -> np.ndarray:

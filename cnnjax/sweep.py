@@ -27,9 +27,8 @@ import threading
 from absl import app, flags
 from etils import epath
 
-from cnnjax import cli, metrics, train
+from cnnjax import cli, errors, metrics
 from cnnjax import workdir as workdir_lib
-from cnnjax.experiments import runs
 
 FLAGS = flags.FLAGS
 
@@ -132,7 +131,7 @@ def execute(sweep: list[dict], workdir: str, parallel: int = 1, extra=()) -> lis
   of multi-host runs (`extra` names a coordinator) runs on every host, so there only the runs claim their
   folders, each for the whole job. The unfinished runs are listed once, at the start, so processes of a
   multi-host run all step through the same list. With several at a time each run's output goes to
-  WORKDIR/NAME.log. Stopped by a signal (see Children), it raises train.Stopped.
+  WORKDIR/NAME.log. Stopped by a signal (see Children), it raises errors.Stopped.
   """
   root = epath.Path(workdir)
   pending = [run for run in sweep if not finished(root / run_name(run))]
@@ -161,7 +160,7 @@ def execute(sweep: list[dict], workdir: str, parallel: int = 1, extra=()) -> lis
   if children.received is not None:
     name = "Ctrl-C" if children.received == signal.SIGINT else "SIGTERM"
     stopped, waiting = sum(c in (130, 143) for c in codes), codes.count(None)
-    raise train.Stopped(f"stopped by {name}: {stopped} run(s) saved a checkpoint and stopped, {waiting} not started; "
+    raise errors.Stopped(f"stopped by {name}: {stopped} run(s) saved a checkpoint and stopped, {waiting} not started; "
                         "rerun the same command to go on.", 130 if children.received == signal.SIGINT else 143)  # fmt: skip
   return [run_name(run) for run, code in zip(pending, codes) if code != 0]
 
@@ -173,7 +172,7 @@ def summarize(sweep: list[dict], workdir: str) -> list[dict]:
     name = run_name(run)
     if not finished(root / name):
       continue
-    errors = runs.final_errors(root / name)
+    errors = metrics.final_errors(root / name)
     rows.append({"run": name, **run, "final_step": errors["step"],
                  "train_error": round(errors["train_error"], 2), "test_error": round(errors["test_error"], 2)})  # fmt: skip
     curves[name] = [(l["step"], l["train_loss"]) for l in metrics.read_metrics(root / name / "metrics.jsonl") if "train_loss" in l]
@@ -181,7 +180,7 @@ def summarize(sweep: list[dict], workdir: str) -> list[dict]:
     return rows
   columns = list(dict.fromkeys(k for row in rows for k in row))
   rows = [{c: row.get(c, "") for c in columns} for row in rows]
-  runs.write_csv(root / "summary.csv", rows)
+  metrics.write_csv(root / "summary.csv", rows)
   table = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
   table += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows]
   (root / "summary.md").write_text("\n".join(table) + "\n")

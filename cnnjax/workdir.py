@@ -28,20 +28,16 @@ import threading
 import time
 import uuid
 
+import numpy as np
 import psutil
 from etils import epath
+
+from cnnjax import cloud
+from cnnjax.errors import WorkdirBusy, WorkdirError
 
 CLAIM_FILE = "owner.json"
 HEARTBEAT_S = 10.0
 STALE_AFTER_S = 60.0  # six missed heartbeats: the owner is gone
-
-
-class WorkdirError(RuntimeError):
-  """A workdir that cannot be used or written as asked: the message says why and what to do."""
-
-
-class WorkdirBusy(WorkdirError):
-  """Another live run owns the workdir."""
 
 
 def resolve(path) -> epath.Path:
@@ -67,11 +63,8 @@ def storage_reason(error: BaseException) -> str | None:
     match = _OS_ERROR_CODE.search(str(e))
     if match:
       return os.strerror(int(match.group(1)))
-    if "google.api_core" in sys.modules:  # a Cloud Storage client's error (gs:// workdirs)
-      from cnnjax import cloud
-
-      if why := cloud.reason(e):
-        return why
+    if "google.api_core" in sys.modules and (why := cloud.reason(e)):  # a Cloud Storage client's (gs://)
+      return why
     if isinstance(e, OSError):
       first = str(e).splitlines()[0] if str(e) else ""
       if first.startswith("Forbidden"):  # gcsfs's 403
@@ -292,23 +285,39 @@ class Claim:
 
 
 def _claim_file(path: epath.Path):
-  if is_remote(path):
-    from cnnjax import cloud  # the object-store half: the [gcs] extra's client
-
-    return cloud.ClaimObject(path)
-  return _LocalClaimFile(path)
+  return cloud.ClaimObject(path) if is_remote(path) else _LocalClaimFile(path)
 
 
 @contextlib.contextmanager
-def claim(workdir, processes: int = 1, announce=print):
-  """Own `workdir` for the duration of the block (see Claim); `announce` gets the note of a takeover."""
-  held = Claim(workdir, processes).acquire()
-  if held.took_over:
+def claim(workdir, processes: int = 1, lead: bool = True, announce=print):
+  """Own `workdir` for the duration of the block (see Claim); `announce` gets the note of a takeover. Yields
+  the claim. In a run of several `processes`, the `lead` one (process 0) claims it for all, the others yield
+  None, and all of them stop if it cannot be claimed."""
+  held, error = None, None
+  if lead:
+    try:
+      with storage_errors():
+        held = Claim(workdir, processes).acquire()
+    except WorkdirError as e:
+      error = e
+  if processes > 1 and not _all_learn(error is None):
+    error = error or WorkdirBusy(f"{workdir}: process 0 could not claim it (see its message)")
+  if error is not None:
+    raise error
+  if held is not None and held.took_over:
     announce(f"note: took over {held.workdir} from a run that is gone ({held.took_over})")
   try:
     yield held
   finally:
-    held.release()
+    if held is not None:
+      held.release()
+
+
+def _all_learn(claimed: bool) -> bool:
+  """Process 0's answer, on every process of a JAX job (imported here: a single process never needs JAX)."""
+  from jax.experimental import multihost_utils
+
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(claimed)))
 
 
 

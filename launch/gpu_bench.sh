@@ -32,7 +32,7 @@ else
 fi
 
 # The JPEG files for the real pipeline are written while the first runs compile.
-"$py" -c "from cnnjax.data.throughput import imagenet_like; imagenet_like('$images_dir', $images, $classes)" \
+"$py" -c "from cnnjax.throughput import imagenet_like; imagenet_like('$images_dir', $images, $classes)" \
   >>"$log" 2>&1 &
 images_ready=$!
 

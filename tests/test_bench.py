@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from cnnjax import bench, bench_torch
-from cnnjax.data.throughput import imagenet_like
+from cnnjax.throughput import imagenet_like
 from test_main import ROOT
 from test_train import load_config
 

@@ -27,7 +27,7 @@ def test_gradflow_throughput_bench_and_a_pending_sweep_as_commands(tfds_dir, tmp
   # side by side: each spends most of its time importing
   processes = {
       "gradflow": start("cnnjax.gradflow", "--config=configs/lenet5.py", f"--workdir={tmp_path / 'gradflow'}", "--steps=0,2", env=env),
-      "throughput": start("cnnjax.data.throughput", "--style=cifar", "--batch=16", "--steps=3"),
+      "throughput": start("cnnjax.throughput", "--style=cifar", "--batch=16", "--steps=3"),
       "bench": start("cnnjax.bench", "--config=configs/lenet5.py", "--format=json", "--steps=2", "--window=1", env=env),
       "print": start("cnnjax.sweep", f"--sweep={sweep_file}", f"--workdir={tmp_path / 'sweep'}", "--print_commands"),
       "summary": start("cnnjax.sweep", f"--sweep={sweep_file}", f"--workdir={tmp_path / 'sweep'}", "--summary_only"),
@@ -50,3 +50,18 @@ def test_gradflow_throughput_bench_and_a_pending_sweep_as_commands(tfds_dir, tmp
   assert {c.split("--config.learning_rate=")[1].split()[0] for c in commands} == {"0.01", "0.05"}
   assert all(f"--workdir={tmp_path / 'sweep'}/lenet5__" in c for c in commands)
   assert f"no summary yet in {tmp_path / 'sweep'}" in out["summary"]
+
+
+def test_throughput_on_jpeg_files_prints_its_figures_alone():
+  """Its JPEG files live in a temporary folder: every reader of them has stopped before the folder goes, so no
+  warning about a vanished file follows the figures."""
+  done = subprocess.run(
+    [sys.executable, "-m", "cnnjax.throughput", "--style=imagenet", "--batch=8", "--steps=2"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert done.returncode == 0, done.stderr[-2000:]
+  lines = (done.stdout + done.stderr).splitlines()
+  assert [line.split()[0] for line in lines] == ["pipeline_img_per_s", "pipeline_img_per_cpu_s"], lines

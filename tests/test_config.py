@@ -5,7 +5,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from cnnjax import checkpoint, config as config_lib, models, train
+from cnnjax import checkpoint, config as config_lib, models, optim, train
 from test_main import ROOT
 
 
@@ -31,7 +31,7 @@ def test_an_epochs_override_replaces_the_configs_steps_and_says_so(capsys):
   assert (tuple(config.lr_decay_steps), tuple(config.lr_decay_epochs)) == ((), (2, 4))
   config = config_lib.from_command_line(command_line("--config=configs/lenet5.py", "--config.num_steps=50"))
   assert (config.num_steps, config.num_epochs) == (50, 0)  # steps already won: said nowhere, recorded in config.json
-  assert train.total_steps(config, steps_per_epoch=46) == 50
+  assert optim.total_steps(config, steps_per_epoch=46) == 50
 
 
 @pytest.mark.parametrize("args,refusal", [

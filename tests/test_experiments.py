@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from cnnjax import train
+from cnnjax import models, train
 from cnnjax.experiments import auxiliary, cost, degradation, transfer
 from conftest import write_images
 
@@ -89,12 +89,12 @@ def test_the_auxiliary_losses_weigh_0_3_each_and_read_inception_4a_and_4d():
   total loss of the network with a discount weight (the losses of the auxiliary classifiers were weighted by 0.3)"."""
   config = auxiliary.run_config(aux_heads=True)
   # two classes, as in the experiment's test above: the same init program, compiled once for both
-  model = train.create_model(config, num_classes=2)
+  model = models.create(config.model, 2, **config.model_options)
   images = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
   labels = jnp.array([0, 1, 1, 0])
   variables = train.init_variables(jax.random.key(1), model, train.input_shape(config))
   state = train.TrainState.create(apply_fn=model.apply, params=variables["params"], batch_stats={}, tx=optax.sgd(0.1))
-  cfg = train.StepConfig(model, lambda step: 0.1, (0.0,) * 3, (1.0,) * 3, aux_loss_weight=0.3)
+  step_config = train.StepConfig(model=model, learning_rate_fn=lambda step: 0.1, mean=(0.0,) * 3, std=(1.0,) * 3, aux_loss_weight=0.3)
 
   @jax.jit
   def objective_and_inputs(params):
@@ -106,7 +106,7 @@ def test_the_auxiliary_losses_weigh_0_3_each_and_read_inception_4a_and_4d():
       return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(record):
-      objective, (_, logits, _, out) = train.loss_fn(params, state, images, labels, cfg, jax.random.key(3))
+      objective, (_, logits, _, out) = train.loss_fn(params, state, images, labels, step_config, jax.random.key(3))
     return objective, logits, out, heads_read
 
   objective, logits, out, heads_read = objective_and_inputs(state.params)

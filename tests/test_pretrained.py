@@ -192,9 +192,9 @@ def test_a_converted_workdir_evaluates_on_imagenet_as_torchvision_does(small_tfd
 
 
 def test_fine_tuning_from_a_torchvision_file_starts_from_its_body_with_a_new_head(tmp_path, capsys):
-  # the start of a run (train.start_from_pretrained); that a frozen body stays so while training is test_finetune's
+  # the start of a run (init_from.start_from); that a frozen body stays so while training is test_finetune's
   from cnnjax import config as config_lib
-  from cnnjax import train
+  from cnnjax import init_from, train
 
   state = {k: v.contiguous() for k, v in torchvision_model("resnet18").state_dict().items()}
   save_file(state, tmp_path / "resnet18.safetensors")
@@ -202,7 +202,7 @@ def test_fine_tuning_from_a_torchvision_file_starts_from_its_body_with_a_new_hea
   config.update(dataset="fake:32x32x3:5", image_size=32, init_from=str(tmp_path / "resnet18.safetensors"))
   run = train.build(config)
   fresh = train.initial_state(run)
-  started = train.start_from_pretrained(run, fresh)
+  started = init_from.start_from(fresh, config, run.step_config.model, run.dataset.num_classes)
   assert f"note: started from {tmp_path / 'resnet18.safetensors'}; new fc for 5 classes of fake:32x32x3:5" in capsys.readouterr().out
   expected = from_torchvision("resnet18", state)[1]
   same = lambda a, b: jax.tree.all(jax.tree.map(lambda x, y: bool((np.asarray(x) == np.asarray(y)).all()), a, b))

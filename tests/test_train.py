@@ -1,4 +1,5 @@
 """The train step, schedules and the loop, on 8 simulated CPU devices and the bundled digits dataset."""
+import contextlib
 import itertools
 
 import jax
@@ -7,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from cnnjax import checkpoint, config as config_lib, data, train
+from cnnjax import checkpoint, config as config_lib, data, devices, errors, optim, train
 
 
 def load_config(name: str, arg: str = "", **overrides):
@@ -16,18 +17,21 @@ def load_config(name: str, arg: str = "", **overrides):
   return config
 
 
-def run_steps(config, devices, steps: int):
-  """`steps` pmapped train steps on the first batches of the digits stream, over `devices`."""
+def run_steps(config, local_devices, steps: int):
+  """`steps` pmapped train steps on the first batches of the digits stream, over `local_devices`."""
   run = train.build(config)
-  layout = data.Layout(config.batch_size, len(devices))
-  mesh = train.device_mesh(devices)
-  p_train, p_eval = train.pmapped_steps(run.step_config, devices)
-  state = train.replicate(train.initial_state(run), mesh)
-  stream = train.prefetch_to_device(iter(data.train_batches(run.dataset, train.input_shape(config), layout, 0)), mesh)
+  layout = data.Layout(config.batch_size, len(local_devices))
+  mesh = devices.device_mesh(local_devices)
+  p_train, p_eval = train.pmapped_steps(run.step_config, local_devices)
+  state = devices.replicate(train.initial_state(run), mesh)
   history = []
-  for batch, _ in itertools.islice(stream, steps):
-    state, metrics = p_train(state, batch)
-    history.append(jax.device_get(metrics))
+  with (
+    data.reading(data.train_batches(run.dataset, train.input_shape(config), layout, 0)) as stream,
+    contextlib.closing(devices.prefetch_to_device(stream, mesh)) as batches,
+  ):
+    for batch, _ in itertools.islice(batches, steps):
+      state, metrics = p_train(state, batch)
+      history.append(jax.device_get(metrics))
   return state, history, run, p_eval
 
 
@@ -79,12 +83,12 @@ def test_one_device_and_eight_devices_agree(tfds_dir):
   device does.
   """
   state = {}
-  for dtype, devices in (("float64", 1), ("float64", 8), ("float32", 1), ("float32", 8)):
+  for dtype, count in (("float64", 1), ("float64", 8), ("float32", 1), ("float32", 8)):
     with jax.enable_x64(dtype == "float64"):
       config = tiny_vgg(tfds_dir, dtype)
       config.update(schedule="constant", warmup_epochs=0)
-      final, _, _, _ = run_steps(config, jax.local_devices()[:devices], 3)
-      state[dtype, devices] = [np.asarray(a, np.float64) for a in jax.tree.leaves((final.params, final.batch_stats))]
+      final, _, _, _ = run_steps(config, jax.local_devices()[:count], 3)
+      state[dtype, count] = [np.asarray(a, np.float64) for a in jax.tree.leaves((final.params, final.batch_stats))]
       assert all(a.dtype == np.dtype(dtype) for a in jax.tree.leaves(final.params))
   exact = state["float64", 1]
   assert max(np.max(np.abs(a)) for a in exact) > 0.5  # the scale the bounds are relative to
@@ -121,10 +125,10 @@ def test_train_step_is_traced_once_and_donates_the_state(tfds_dir, monkeypatch):
   monkeypatch.setattr(train, "train_step", counting)
   config = load_config("lenet5", data_dir=tfds_dir, batch_size=16)
   run = train.build(config)
-  mesh = train.device_mesh()
+  mesh = devices.device_mesh()
   p_train, _ = train.pmapped_steps(run.step_config)
-  state = train.replicate(train.initial_state(run), mesh)
-  stream = train.prefetch_to_device(iter(data.train_batches(run.dataset, (32, 32, 1), run.layout, 0)), mesh)
+  state = devices.replicate(train.initial_state(run), mesh)
+  stream = devices.prefetch_to_device(iter(data.train_batches(run.dataset, (32, 32, 1), run.layout, 0)), mesh)
   for batch, _ in itertools.islice(stream, 4):
     previous = state
     state, _ = p_train(state, batch)
@@ -134,18 +138,18 @@ def test_train_step_is_traced_once_and_donates_the_state(tfds_dir, monkeypatch):
 
 def test_learning_rate_schedules_by_hand():
   cifar = load_config("cifar_resnet", "110")  # 0.01 warm-up for 400 steps, then 0.1, /10 at 32k and 48k
-  lr = train.create_learning_rate_fn(cifar, steps_per_epoch=390)
+  lr = optim.schedule(cifar, steps_per_epoch=390)
   assert [float(lr(s)) for s in (0, 399, 400, 31_999, 32_000, 47_999, 48_000, 63_999)] == pytest.approx(
       [0.01, 0.01, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001])  # fmt: skip
   googlenet = load_config("googlenet")  # 4% less every 8 epochs
-  lr = train.create_learning_rate_fn(googlenet, steps_per_epoch=100)
+  lr = optim.schedule(googlenet, steps_per_epoch=100)
   assert [float(lr(s)) for s in (0, 799, 800, 1600)] == pytest.approx([0.08, 0.08, 0.08 * 0.96, 0.08 * 0.96**2])
   resnet = load_config("resnet", "50")
-  lr = train.create_learning_rate_fn(resnet, steps_per_epoch=10)
+  lr = optim.schedule(resnet, steps_per_epoch=10)
   assert [float(lr(s)) for s in (0, 299, 300, 600)] == pytest.approx([0.1, 0.1, 0.01, 0.001])
   local = load_config("resnet", "18,local")  # linear warm-up over one epoch, then cosine to zero
-  lr = train.create_learning_rate_fn(local, steps_per_epoch=10)
-  total = train.total_steps(local, 10)
+  lr = optim.schedule(local, steps_per_epoch=10)
+  total = optim.total_steps(local, 10)
   assert [float(lr(s)) for s in (0, 5, 10, total)] == pytest.approx([0.0, 0.025, 0.05, 0.0], abs=1e-7)
 
 
@@ -162,7 +166,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tfds_dir, tmp
                        log_every_steps=5, eval_every_steps=1000, schedule="step", lr_decay_steps=(10,),
                        lr_decay_factor=1e7)  # fmt: skip  # sane for 10 steps, then a rate that blows up
   config.model_options.update(activation="relu", head="dense")  # unbounded, so the blow-up reaches inf / NaN
-  with pytest.raises(train.TrainingDiverged, match=r"at step (1[1-9]|[2-4]\d)"):
+  with pytest.raises(errors.TrainingDiverged, match=r"at step (1[1-9]|[2-4]\d)"):
     train.train_and_evaluate(config, str(tmp_path))
   steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
   assert steps and max(steps) <= 15
@@ -225,15 +229,15 @@ class _Numbered:
 
 
 def test_prefetch_pairs_each_batch_with_the_state_after_it_and_raises_pipeline_errors_in_order():
-  mesh = train.device_mesh()
-  stream = train.prefetch_to_device(_Numbered(fail_at=5), mesh, size=2)
+  mesh = devices.device_mesh()
+  stream = devices.prefetch_to_device(_Numbered(fail_at=5), mesh, size=2)
   for i in range(5):
     batch, state = next(stream)
     assert float(batch[0, 0]) == i and state == {"position": i + 1}
   with pytest.raises(data.DatasetError, match="cannot decode batch 5"):
     next(stream)
-  assert [int(b[0, 0]) for b, _ in train.prefetch_to_device(_Numbered(length=3), mesh)] == [0, 1, 2]  # a finite stream ends
-  early = train.prefetch_to_device(_Numbered(), mesh)
+  assert [int(b[0, 0]) for b, _ in devices.prefetch_to_device(_Numbered(length=3), mesh)] == [0, 1, 2]  # a finite stream ends
+  early = devices.prefetch_to_device(_Numbered(), mesh)
   next(early)
   early.close()  # a loop that stops early: the reading thread ends (close() joins it) instead of blocking forever
 
@@ -257,10 +261,11 @@ def test_top5_beyond_ten_classes_is_the_share_of_labels_among_the_five_largest_l
   source = data.sources.ArraySource(images, labels)
   dataset = data.Dataset("logits", source, source, classes, data.sources.Spec("small", ((0.0,), (1.0,))))
   model = LogitsInTheImage()
-  step_config = train.StepConfig(model, lambda step: 0.0, (0.0,), (1.0,))
+  step_config = train.StepConfig(model=model, learning_rate_fn=lambda step: 0.0, mean=(0.0,), std=(1.0,))
   config = config_lib.base()
   config.image_size, config.channels, config.workers = classes, 1, 0
-  run = train.Run(config, dataset, data.Layout(16, jax.local_device_count()), 1, 1, step_config, optax.sgd(0.0))
+  layout = data.Layout(16, jax.local_device_count())
+  run = train.Run(config, dataset, layout, steps_per_epoch=1, step_config=step_config, optimizer=optax.sgd(0.0))
   state = train.TrainState.create(apply_fn=model.apply, params={}, batch_stats={}, tx=optax.sgd(0.0))
   result = train.evaluate_state(train.pmapped_steps(step_config)[1], state, run)
 
@@ -271,3 +276,29 @@ def test_top5_beyond_ten_classes_is_the_share_of_labels_among_the_five_largest_l
     assert 0 < top5 < n and result["eval_top5"] == top5 / n
   else:
     assert "eval_top5" not in result
+
+
+def test_every_auxiliary_output_of_any_model_joins_the_loss_with_its_weight():
+  """The loss reads the auxiliary classifiers from what a model returns (intermediates named aux_*), not from one
+  model's layer names: a toy model's head `aux_early` is weighted by aux_loss_weight, its other outputs are not."""
+  import flax.linen as nn
+
+  class TwoHeads(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      logits = nn.Dense(3, name="fc")(x.reshape(len(x), -1))
+      return logits, {"aux_early": 2.0 * logits, "pre_logits": 5.0 * logits}
+
+  model, images, labels = TwoHeads(), jnp.ones((2, 2, 2, 1)), jnp.array([0, 2])
+  params = model.init(jax.random.key(0), images)["params"]
+  state = train.TrainState.create(apply_fn=model.apply, params=params, batch_stats={}, tx=optax.sgd(0.1))
+  step_config = train.StepConfig(model=model, learning_rate_fn=lambda step: 0.1, mean=(0.0,), std=(1.0,), aux_loss_weight=0.25)
+  objective, (loss, logits, _, _) = train.loss_fn(params, state, images, labels, step_config, jax.random.key(1))
+
+  def by_hand(z):  # mean softmax cross-entropy
+    z = np.asarray(z, np.float64)
+    log_p = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    return -np.mean(log_p[np.arange(2), np.asarray(labels)])
+
+  assert float(loss) == pytest.approx(by_hand(logits), rel=1e-5)
+  assert float(objective) == pytest.approx(by_hand(logits) + 0.25 * by_hand(2.0 * np.asarray(logits)), rel=1e-5)

@@ -10,6 +10,7 @@ Evaluation: every test example exactly once. Each host reads ceil(N / process_co
 whole batches; padded slots carry mask 0. Every host yields the same number of batches, so pmapped
 collectives in the eval step line up.
 """
+import contextlib
 import dataclasses
 import math
 
@@ -143,3 +144,19 @@ def _iterate(ds: grain.MapDataset, workers: int, prefetch: int) -> grain.IterDat
   if workers:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
   return it
+
+
+@contextlib.contextmanager
+def reading(batches: grain.IterDataset):
+  """An iterator over `batches` whose read-ahead threads and worker processes are stopped and joined when the
+  block ends, so nothing reads the data after its consumer is done with it (a temporary folder removed, a
+  workdir closed)."""
+  iterator = iter(batches)
+  try:
+    yield iterator
+  finally:
+    iterator.close()
+    # grain's close() cancels the reads not yet started but does not wait for a running one: wait for it
+    executor = getattr(iterator, "_executor", None)
+    if executor is not None:
+      executor.shutdown(wait=True)

@@ -20,6 +20,7 @@ import numpy as np
 from etils import epath
 
 from cnnjax import cloud
+from cnnjax.errors import DatasetError
 from cnnjax.workdir import is_remote
 
 # Per-channel mean and std in 0..255 units, from each training set.
@@ -65,10 +66,6 @@ def uses_data_dir(name: str) -> bool:
   return name in TFDS or name == "digits"
 
 
-class DatasetError(ValueError):
-  """A dataset that cannot be read as asked: the message says why and what to do."""
-
-
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   name: str
@@ -77,6 +74,14 @@ class Dataset:
   num_classes: int
   spec: Spec
   class_names: tuple[str, ...] = ()  # label index -> name, where the dataset has names
+
+  def normalization(self, channels: int) -> tuple[tuple, tuple]:
+    """The per-channel mean and std of the images, for a model that reads `channels` channels (a colour
+    dataset's averaged for one channel, a grey one's repeated for three)."""
+    mean, std = (np.asarray(s, np.float64) for s in self.spec.stats)
+    if len(mean) != channels:
+      mean, std = (np.full(channels, s.mean()) for s in (mean, std))
+    return tuple(mean.tolist()), tuple(std.tolist())
 
 
 def imagenet_classes() -> dict[str, str]:
@@ -99,7 +104,7 @@ def load(name: str, data_dir: str | None = None, bad_images: str = "skip") -> Da
   if name in TFDS:
     return _tfds(name, data_dir)
   if name.startswith("imagefolder:"):
-    return _image_folder(name.split(":", 1)[1], bad_images=bad_images)
+    return image_folder(name.split(":", 1)[1], bad_images=bad_images)
   if name == "fake" or name.startswith("fake:"):
     return _fake(name)
   if not name:  # a config that leaves the choice to the user (configs/finetune.py)
@@ -305,7 +310,7 @@ def _drop_unreadable(splits: list[dict[str, list[str]]], root, bad_images: str):
       split[c] = [f for f in split[c] if f not in bad]
 
 
-def _image_folder(path: str, test_fraction: float = 0.1, bad_images: str = "skip") -> Dataset:
+def image_folder(path: str, test_fraction: float = 0.1, bad_images: str = "skip") -> Dataset:
   """One sub-folder per class under path/train and path/test, or directly under path (then a fixed 10% of each
   class is held out for test). Every format Pillow reads counts as an image; other files are listed and left
   out, and files that are not readable images are handled as `bad_images` says (see _drop_unreadable)."""

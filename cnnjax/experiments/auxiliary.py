@@ -44,9 +44,9 @@ def stage_norms(layers: list[dict]) -> dict:
   return {stage: float(np.sqrt(s)) for stage, s in squares.items()}
 
 
-def gradient_profile(state, probe, setup: train.Run) -> list[dict]:
+def gradient_profile(state, probe, run: train.Run) -> list[dict]:
   """[{stage, grad_norm}] in forward order: the training objective's gradient reaching each stage."""
-  norms = stage_norms(gradflow.profile(state, probe, setup.step_config)["layers"])
+  norms = stage_norms(gradflow.profile(state, probe, run.step_config)["layers"])
   return [{"stage": stage, "grad_norm": norm} for stage, norm in norms.items()]
 
 
@@ -62,15 +62,16 @@ def run(workdir: str, seeds=(0,), data_dir: str = "", **overrides) -> list[dict]
         config.data_dir = data_dir
         config.update(overrides)
         runs.train_once(config, workdir / name)
-        setup = train.build(config)
-        probe = next(gradflow.training_stream(setup))
+        run = train.build(config)
+        with gradflow.training_batches(run) as stream:
+          probe = next(stream)
         results.append({
-            "run": name, "aux_heads": aux_heads, "seed": seed, **runs.final_errors(workdir / name),
-            "gradients_at_init": gradient_profile(train.initial_state(setup), probe, setup),
-            "gradients_at_end": gradient_profile(train.latest_state(setup, str(workdir / name)), probe, setup),
+            "run": name, "aux_heads": aux_heads, "seed": seed, **metrics.final_errors(workdir / name),
+            "gradients_at_init": gradient_profile(train.initial_state(run), probe, run),
+            "gradients_at_end": gradient_profile(train.latest_state(run, str(workdir / name)), probe, run),
         })  # fmt: skip
     (workdir / "auxiliary.json").write_text(json.dumps(results, indent=1))
-    runs.write_csv(workdir / "auxiliary.csv", [csv_row(r) for r in results])
+    metrics.write_csv(workdir / "auxiliary.csv", [csv_row(r) for r in results])
     plot(workdir, results)
   return results
 

@@ -48,9 +48,9 @@ def run(dataset: str, depths: list[int], workdir: str, epochs: float = 0, data_d
           config.update(overrides)
           runs.train_once(config, workdir / name)
           rows.append({"run": name, "net": net, "depth": depth, "residual": residual, "seed": seed,
-                       **runs.final_errors(workdir / name)})  # fmt: skip
+                       **metrics.final_errors(workdir / name)})  # fmt: skip
     (workdir / "degradation.json").write_text(json.dumps(rows, indent=1))
-    runs.write_csv(workdir / "degradation.csv", rows)
+    metrics.write_csv(workdir / "degradation.csv", rows)
     plot(workdir, rows, dataset)
   return rows
 

@@ -1,10 +1,8 @@
 """What every experiment does with its runs: train each once, read its final errors, write its table."""
-import csv
-
 from absl import flags
 from etils import epath
 
-from cnnjax import cli, metrics, train
+from cnnjax import cli, train
 
 
 def train_once(config, run_dir) -> None:
@@ -14,22 +12,6 @@ def train_once(config, run_dir) -> None:
     print(f"{run_dir.name}: finished already in {run_dir}", flush=True)
   else:
     train.train_and_evaluate(config, str(run_dir))
-
-
-def final_errors(run_dir) -> dict:
-  """Training error over the last logged interval and the last test error, in percent."""
-  lines = metrics.read_metrics(epath.Path(run_dir) / "metrics.jsonl")
-  last_train = [l for l in lines if "train_accuracy" in l][-1]
-  last_eval = [l for l in lines if "eval_accuracy" in l][-1]
-  return {"step": last_eval["step"], "train_error": 100 * (1 - last_train["train_accuracy"]),
-          "test_error": 100 * (1 - last_eval["eval_accuracy"])}  # fmt: skip
-
-
-def write_csv(path, rows: list[dict]) -> None:
-  with epath.Path(path).open("w") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
 
 
 def define_flags(workdir: str, seeds: str, each: str):

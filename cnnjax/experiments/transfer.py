@@ -41,7 +41,7 @@ def run(workdir: str, seeds=(0,), data_dir: str = "", **overrides) -> list[dict]
     source.data_dir = data_dir
     source.update(overrides)
     runs.train_once(source, workdir / "source")
-    results.append({"run": "source", "way": "pretrain on 0-4", "seed": 0, **runs.final_errors(workdir / "source"),
+    results.append({"run": "source", "way": "pretrain on 0-4", "seed": 0, **metrics.final_errors(workdir / "source"),
                     f"test_error_at_{EARLY}": None})  # fmt: skip
     for seed in seeds:
       for way in WAYS:
@@ -50,9 +50,9 @@ def run(workdir: str, seeds=(0,), data_dir: str = "", **overrides) -> list[dict]
         config.update(overrides)
         runs.train_once(config, workdir / f"{way}-s{seed}")
         name = f"{way}-s{seed}"
-        results.append({"run": name, "way": way, "seed": seed, **runs.final_errors(workdir / name),
+        results.append({"run": name, "way": way, "seed": seed, **metrics.final_errors(workdir / name),
                         f"test_error_at_{EARLY}": early_error(workdir / name)})  # fmt: skip
-    runs.write_csv(workdir / "transfer.csv", results)
+    metrics.write_csv(workdir / "transfer.csv", results)
     plot(workdir, results)
   return results
 

@@ -25,6 +25,7 @@ import flax.linen as nn
 import numpy as np
 
 from cnnjax.models.blocks import ConvUnit, Inception
+from cnnjax.models.outputs import auxiliary_name
 from cnnjax.models.layers import (Dropout, activation, adaptive_avg_pool, conv_norm, global_avg_pool, local_response_norm,
                                   max_pool)
 
@@ -114,8 +115,9 @@ class GoogLeNet(nn.Module):
       name = f"inception_{stage}"
       x = out[name] = Inception(*spec, conv, norm, act, self.inception, self.c5_kernel, name=name)(x)
       if train and self.aux_heads and stage in AUX_HEADS:
-        out[f"aux_{stage}"] = AuxiliaryClassifier(self.num_classes, unit, act, axis_name=self.axis_name, adaptive=torchvision,
-                                                  name=f"aux_{stage}")(x, train)  # fmt: skip
+        head = auxiliary_name(stage)
+        classifier = AuxiliaryClassifier(self.num_classes, unit, act, axis_name=self.axis_name, adaptive=torchvision, name=head)
+        out[head] = classifier(x, train)
     x = global_avg_pool(x)  # the paper's 7x7/1 average pool at 224x224
     x = out["pre_logits"] = Dropout(self.dropout, self.axis_name)(x, deterministic=not train)
     return nn.Dense(self.num_classes, kernel_init=XAVIER, name="fc")(x), out

@@ -96,15 +96,24 @@ def defaults(name: str) -> dict:
   }
 
 
-def create(name: str, num_classes: int | None = None, **overrides):
-  """The model called `name`, with `num_classes` outputs (default: its paper's) and any of its options."""
+def create(name: str, num_classes: int | None = None, axis_name: str | None = None, **overrides):
+  """The model called `name`, with `num_classes` outputs (default: its paper's) and any of its options.
+  `axis_name`: the pmap axis its BatchNorm statistics and dropout masks span in training (a model with neither
+  ignores it)."""
   valid = options(name)
   unknown = sorted(set(overrides) - set(valid))
   if unknown:
     raise ValueError(f"unknown option(s) {', '.join(unknown)} for model {name!r}; valid: {', '.join(valid)}")
   if num_classes is not None:
     overrides["num_classes"] = num_classes
+  if axis_name is not None and "axis_name" in valid:
+    overrides["axis_name"] = axis_name
   return lookup(name).constructor(**overrides)
+
+
+def unsynchronised(model):
+  """`model` with BatchNorm statistics of its own batch only, for use outside the pmapped steps."""
+  return model.clone(axis_name=None) if hasattr(model, "axis_name") else model
 
 
 def input_shape(name: str) -> tuple[int, int, int]:

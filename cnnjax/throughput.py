@@ -1,7 +1,7 @@
 """How fast the input pipeline is on its own, without a model.
 
-    python -m cnnjax.data.throughput --style=cifar                        # uint8 arrays in memory, pad/crop/flip
-    python -m cnnjax.data.throughput --style=imagenet --workers=2         # JPEG files, random-resized crop to 224
+    python -m cnnjax.throughput --style=cifar                        # uint8 arrays in memory, pad/crop/flip
+    python -m cnnjax.throughput --style=imagenet --workers=2         # JPEG files, random-resized crop to 224
 
 Prints img/s and, without workers, img/s per CPU-second of this process (per core). Whether the pipeline keeps
 a train step fed is `python -m cnnjax.bench --input=real` against `--input=fake` (launch/gpu_bench.sh does it
@@ -16,7 +16,7 @@ from absl import flags
 from PIL import Image
 
 from cnnjax import cli, data
-from cnnjax.data.sources import IMAGENET_STATS, TFDS, ArraySource, Dataset, Spec, _image_folder
+from cnnjax.data.sources import IMAGENET_STATS, TFDS, ArraySource, Dataset, Spec, image_folder
 
 FLAGS = flags.FLAGS
 
@@ -37,7 +37,7 @@ def imagenet_like(folder: str, n: int = 256, classes: int = 10) -> Dataset:
     path.mkdir(exist_ok=True)
     small = Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
     small.resize((500, 375), Image.BILINEAR).save(path / f"{i}.jpg", quality=90)
-  dataset = _image_folder(folder, test_fraction=0.0)
+  dataset = image_folder(folder, test_fraction=0.0)
   return Dataset("imagenet-like", dataset.train, dataset.test, classes, Spec("imagenet", IMAGENET_STATS))
 
 
@@ -52,7 +52,8 @@ def _time(iterator, steps: int):
 
 def measure(dataset: Dataset, shape, batch: int, steps: int, workers: int) -> dict:
   images = batch * steps
-  wall, cpu = _time(iter(data.train_batches(dataset, shape, data.Layout(batch), seed=0, workers=workers)), steps)
+  with data.reading(data.train_batches(dataset, shape, data.Layout(batch), seed=0, workers=workers)) as batches:
+    wall, cpu = _time(batches, steps)
   result = {"pipeline_img_per_s": images / wall}
   if not workers:  # with workers the work happens in other processes, whose CPU time this one cannot see
     result["pipeline_img_per_cpu_s"] = images / cpu
