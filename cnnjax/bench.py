@@ -14,6 +14,7 @@ first finished step, with the persistent compilation cache as users have it (--n
 FLOPs per image are 3 x 2 x the model's multiply-adds (forward, and a backward of twice the forward).
 A benchmark, not a test: tests only check that it runs and reports every field.
 """
+
 import contextlib
 import json
 import resource
@@ -32,13 +33,13 @@ FLAGS = flags.FLAGS
 
 # Dense bf16 peak per device in FLOP/s, from the vendors' data sheets, by a substring of jax's device_kind.
 PEAK_BF16_FLOPS = (
-    ("H200", 989e12),  # H200 SXM: as H100 SXM
-    ("H100 PCIe", 756e12),
-    ("H100", 989e12),  # H100 SXM
-    ("A100", 312e12),
-    ("TPU v4", 275e12),
-    ("TPU v5 lite", 197e12),  # v5e
-    ("TPU v6 lite", 918e12),  # Trillium
+  ("H200", 989e12),  # H200 SXM: as H100 SXM
+  ("H100 PCIe", 756e12),
+  ("H100", 989e12),  # H100 SXM
+  ("A100", 312e12),
+  ("TPU v4", 275e12),
+  ("TPU v5 lite", 197e12),  # v5e
+  ("TPU v6 lite", 918e12),  # Trillium
 )
 # Classes of the datasets a fake batch stands in for (the rest have 10).
 CLASSES = {"imagenet2012": 1000, "cifar100": 100}
@@ -53,7 +54,9 @@ def run(config, input_kind: str = "fake", steps: int = 20, window: int = 5, warm
   if input_kind not in ("fake", "real"):
     raise ValueError(f"unknown --input {input_kind!r}; valid: fake, real")
   shape = train.input_shape(config)
-  fake = data.load(f"fake:{'x'.join(map(str, shape))}:{CLASSES.get(config.dataset, 10)}") if input_kind == "fake" else None
+  fake = (
+    data.load(f"fake:{'x'.join(map(str, shape))}:{CLASSES.get(config.dataset, 10)}") if input_kind == "fake" else None
+  )
   run = train.build(config, dataset=fake)
   mesh = devices.device_mesh()
   state = devices.replicate(train.initial_state(run), mesh)
@@ -133,7 +136,9 @@ def render(report: dict, fmt: str) -> str:
 def define_flags():
   """Defined only when run as a command, so that importing several commands together is safe."""
   config_flags.DEFINE_config_file("config", None, "Config file, as for cnnjax.main.", lock_config=True)
-  flags.DEFINE_enum("input", "fake", ["fake", "real"], "fake: the step alone on one device batch; real: fed by the pipeline.")
+  flags.DEFINE_enum(
+    "input", "fake", ["fake", "real"], "fake: the step alone on one device batch; real: fed by the pipeline."
+  )
   flags.DEFINE_integer("steps", 20, "Timed train steps (after warm-up), in windows of --window.")
   flags.DEFINE_integer("window", 5, "Steps between host syncs while timing.")
   flags.DEFINE_enum("format", "table", ["table", "json"], "Output format.")

@@ -14,11 +14,22 @@ The step: SGD with momentum 0.9 and weight decay 1e-4 on cross-entropy, channels
 Step time is the median over windows of --window steps with one device sync per window (cnnjax.bench's rule);
 `--dtype=bfloat16` trains under autocast (fp32 weights), as cnnjax's `dtype=bfloat16`. Prints one JSON line.
 """
+
 import argparse
 import json
 import statistics
 import sys
 import time
+
+
+def _stages(block, cin: int, sizes, widths, expansion: int):
+  """ResNet's stages of `block`s, the first of each stage after the first halving the map; (blocks, channels out)."""
+  layers = []
+  for i, (size, width) in enumerate(zip(sizes, widths)):
+    for j in range(size):
+      layers.append(block(cin, width, 2 if i > 0 and j == 0 else 1))
+      cin = width * expansion
+  return layers, cin
 
 
 def build(name: str, stride_in: str = "v1"):
@@ -49,35 +60,47 @@ def build(name: str, stride_in: str = "v1"):
     def __init__(self, cin, width, stride):
       super().__init__()
       first, middle = (stride, 1) if stride_in == "v1" else (1, stride)
-      self.branch = nn.Sequential(*conv_bn(cin, width, 1, first), nn.ReLU(), *conv_bn(width, width, 3, middle),
-                                  nn.ReLU(), *conv_bn(width, 4 * width, 1))  # fmt: skip
+      self.branch = nn.Sequential(
+        *conv_bn(cin, width, 1, first),
+        nn.ReLU(),
+        *conv_bn(width, width, 3, middle),
+        nn.ReLU(),
+        *conv_bn(width, 4 * width, 1),
+      )
       changes = stride != 1 or cin != 4 * width
       self.projection = nn.Sequential(*conv_bn(cin, 4 * width, 1, stride)) if changes else nn.Identity()
 
     def forward(self, x):
       return F.relu(self.branch(x) + self.projection(x))
 
-  def stages(block, cin, sizes, widths, expansion):
-    layers = []
-    for i, (size, width) in enumerate(zip(sizes, widths)):
-      for j in range(size):
-        layers.append(block(cin, width, 2 if i > 0 and j == 0 else 1))
-        cin = width * expansion
-    return layers, cin
-
   head = lambda cin, classes: [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, classes)]
   if name == "resnet50":
     if stride_in not in ("v1", "v1.5"):
       raise SystemExit(f"error: unknown --stride_in {stride_in!r}; valid: v1, v1.5")
-    body, cin = stages(Bottleneck, 64, (3, 4, 6, 3), (64, 128, 256, 512), 4)
+    body, cin = _stages(Bottleneck, 64, (3, 4, 6, 3), (64, 128, 256, 512), 4)
     stem = [*conv_bn(3, 64, 7, 2), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
     return nn.Sequential(*stem, *body, *head(cin, 1000)), 1000, 224
   depth = name.removeprefix("resnet")
   if depth.isdigit() and int(depth) >= 8 and (int(depth) - 2) % 6 == 0:
     n = (int(depth) - 2) // 6
-    body, cin = stages(Basic, 16, (n, n, n), (16, 32, 64), 1)
+    body, cin = _stages(Basic, 16, (n, n, n), (16, 32, 64), 1)
     return nn.Sequential(*conv_bn(3, 16, 3), nn.ReLU(), *body, *head(cin, 10)), 10, 32
   raise SystemExit(f"error: unknown model {name!r}; valid: resnet50, and resnetN for N = 6n+2 (20, 32, 44, 56, 110)")
+
+
+def _median_step_s(step, sync, args) -> float:
+  """Seconds per step: the median over windows of `args.window` steps, after `args.warmup` steps."""
+  for _ in range(args.warmup):
+    step()
+  sync()
+  windows = []
+  for _ in range(max(1, args.steps // args.window)):
+    start = time.perf_counter()
+    for _ in range(args.window):
+      step()
+    sync()
+    windows.append((time.perf_counter() - start) / args.window)
+  return statistics.median(windows)
 
 
 def run(args) -> dict:
@@ -109,23 +132,22 @@ def run(args) -> dict:
     loss.backward()
     optimizer.step()
 
-  for _ in range(args.warmup):
-    step()
-  sync()
-  windows = []
-  for _ in range(max(1, args.steps // args.window)):
-    start = time.perf_counter()
-    for _ in range(args.window):
-      step()
-    sync()
-    windows.append((time.perf_counter() - start) / args.window)
-  step_s = statistics.median(windows)
+  step_s = _median_step_s(step, sync, args)
   report = {
-      "framework": "pytorch", "torch": torch.__version__, "model": args.model, "stride_in": args.stride_in,
-      "params": params, "batch": args.batch, "image": [size, size, 3], "dtype": args.dtype, "device": args.device,
-      "device_kind": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-      "threads": torch.get_num_threads(), "step_ms": round(step_s * 1e3, 2), "img_per_s": round(args.batch / step_s, 1),
-  }  # fmt: skip
+    "framework": "pytorch",
+    "torch": torch.__version__,
+    "model": args.model,
+    "stride_in": args.stride_in,
+    "params": params,
+    "batch": args.batch,
+    "image": [size, size, 3],
+    "dtype": args.dtype,
+    "device": args.device,
+    "device_kind": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+    "threads": torch.get_num_threads(),
+    "step_ms": round(step_s * 1e3, 2),
+    "img_per_s": round(args.batch / step_s, 1),
+  }
   if device.type == "cuda":
     report["peak_device_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
   else:

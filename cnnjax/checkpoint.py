@@ -12,7 +12,7 @@ reported and the previous used.
 
 import json
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -20,8 +20,8 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from cnnjax import models
-from cnnjax.errors import CheckpointError
 from cnnjax import workdir as workdir_lib
+from cnnjax.errors import CheckpointError
 
 # The fields that fix the shapes of the parameters: a workdir is only resumed by the same model.
 IDENTITY = ("model", "model_options", "dataset", "classes", "image_size", "channels", "trainable")
@@ -36,9 +36,12 @@ def _array_handlers() -> ocp.type_handlers.TypeHandlerRegistry:
   save of GoogLeNet on 8 devices took 21.3 s that way here, 0.7 s without."""
   th = ocp.type_handlers
   return th.create_type_handler_registry(
-      (int, th.ScalarHandler()), (float, th.ScalarHandler()), (np.number, th.ScalarHandler()),
-      (np.ndarray, th.NumpyHandler()), (jax.Array, th.ArrayHandler(use_replica_parallel=False)),
-  )  # fmt: skip
+    (int, th.ScalarHandler()),
+    (float, th.ScalarHandler()),
+    (np.number, th.ScalarHandler()),
+    (np.ndarray, th.NumpyHandler()),
+    (jax.Array, th.ArrayHandler(use_replica_parallel=False)),
+  )
 
 
 class Checkpointer:
@@ -56,8 +59,9 @@ class Checkpointer:
     if create and jax.process_index() == 0:
       self.workdir.mkdir(parents=True, exist_ok=True)
       workdir_lib.write_text(config_file, json.dumps(ours, indent=1, sort_keys=True))
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, enable_async_checkpointing=True,
-                                           cleanup_tmp_directories=create)  # fmt: skip
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, create=create, enable_async_checkpointing=True, cleanup_tmp_directories=create
+    )
     handlers = {
       "state": ocp.PyTreeCheckpointHandler(type_handler_registry=_array_handlers()),
       "data": ocp.JsonCheckpointHandler(),
@@ -79,8 +83,9 @@ class Checkpointer:
     if reason is None:
       return error
     self._saving = step
-    return workdir_lib.WorkdirError(f"cannot save the checkpoint of step {step} in {self.directory}: {reason}. "
-                                    + self.advice(reason))  # fmt: skip
+    return workdir_lib.WorkdirError(
+      f"cannot save the checkpoint of step {step} in {self.directory}: {reason}. " + self.advice(reason)
+    )
 
   def save(self, step: int, state, data_state: dict):
     """Every process calls this with the same state: Orbax writes it once, collectively, and the data state of
@@ -117,7 +122,9 @@ class Checkpointer:
         restored = self.manager.restore(step, args=ocp.args.Composite(state=state_args, data=ocp.args.JsonRestore()))
       except Exception as e:  # a truncated or corrupt step: report it and fall back to the one before
         errors.append(f"step {step}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
-        logging.warning("checkpoint %s/%d is unreadable (%s); trying the previous one", self.directory, step, e)
+        logging.getLogger(__name__).warning(
+          "checkpoint %s/%d is unreadable (%s); trying the previous one", self.directory, step, e
+        )
         continue
       if errors:
         print(f"warning: skipped unreadable checkpoint(s) {'; '.join(errors)}; resumed from step {step}", flush=True)
@@ -192,9 +199,9 @@ def _refuse_other_runs(workdir, theirs: dict, ours: dict):
     theirs.setdefault(field, default)
   differ = {k: (theirs.get(k), ours.get(k)) for k in IDENTITY if theirs.get(k) != ours.get(k)}
   if differ:
+    changes = ", ".join(f"{k}: {a!r}, not {b!r}" for k, (a, b) in differ.items())
     raise CheckpointError(
-      f"{workdir} holds checkpoints of another model ({', '.join(f'{k}: {a!r}, not {b!r}' for k, (a, b) in differ.items())}); "
-      "choose another --workdir or remove that one."
+      f"{workdir} holds checkpoints of another model ({changes}); choose another --workdir or remove that one."
     )
   differ = {k: (theirs.get(k), ours.get(k)) for k in STEP_MEANING if theirs.get(k) != ours.get(k)}
   if differ:

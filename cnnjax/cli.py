@@ -1,4 +1,5 @@
 """What every training command shares: quiet logs, a persistent compilation cache, errors as one line."""
+
 import contextlib
 import logging as stdlib_logging
 import os
@@ -12,7 +13,12 @@ from cnnjax.config import parse_flags
 
 # What a user can cause (a bad config or name, a missing dataset, a diverging run, a foreign, busy or full
 # workdir): reported as one line and a non-zero exit, never a traceback.
-USER_ERRORS = (ValueError, errors.TrainingDiverged, errors.CheckpointError, errors.WorkdirError)  # DatasetError: a ValueError
+USER_ERRORS = (
+  ValueError,
+  errors.TrainingDiverged,
+  errors.CheckpointError,
+  errors.WorkdirError,
+)  # DatasetError: a ValueError
 
 
 def default_cache_dir() -> str:
@@ -88,7 +94,11 @@ def run(main, config_flag: str = "config"):
   a dataset error's hint names the command's own --config, when it has one)."""
 
   def guarded(argv):
-    config_path = flags.FLAGS[config_flag].config_filename if config_flag in flags.FLAGS and flags.FLAGS[config_flag].present else ""
+    config_path = (
+      flags.FLAGS[config_flag].config_filename
+      if config_flag in flags.FLAGS and flags.FLAGS[config_flag].present
+      else ""
+    )
     with one_line_errors(config_path):
       return main(argv)
 
@@ -97,13 +107,22 @@ def run(main, config_flag: str = "config"):
 
 def define_distributed_flags():
   """The flags of a run over several processes, named as jax.distributed.initialize names them."""
-  flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a run over several processes (GPU "
-                      "clusters, processes on one machine); 'auto': JAX reads it and the two below from a TPU VM "
-                      "slice, SLURM or Open MPI.")  # fmt: skip
+  flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "host:port of process 0, for a run over several processes (GPU "
+    "clusters, processes on one machine); 'auto': JAX reads it and the two below from a TPU VM "
+    "slice, SLURM or Open MPI.",
+  )
   flags.DEFINE_integer("num_processes", None, "How many processes the run spans (with --coordinator_address).")
   flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_processes - 1 (with --coordinator_address).")
-  flags.DEFINE_integer("distributed_timeout", 120, "Seconds a process waits for the others to start, and for a "
-                       "silent one before it stops the run instead of waiting forever.", lower_bound=5)  # fmt: skip
+  flags.DEFINE_integer(
+    "distributed_timeout",
+    120,
+    "Seconds a process waits for the others to start, and for a "
+    "silent one before it stops the run instead of waiting forever.",
+    lower_bound=5,
+  )
 
 
 def start_distributed():
@@ -125,4 +144,8 @@ def start_distributed():
 def define_integer_list(name: str, default: str, help_text: str):
   """A comma-separated list flag of non-negative integers (--seeds=0,1,2), refused at parse time otherwise."""
   flags.DEFINE_list(name, default, help_text)
-  flags.register_validator(name, lambda values: all(v.isdigit() for v in values), f"--{name} takes comma-separated integers, e.g. --{name}=0,1,2")
+  flags.register_validator(
+    name,
+    lambda values: all(v.isdigit() for v in values),
+    f"--{name} takes comma-separated integers, e.g. --{name}=0,1,2",
+  )

@@ -17,6 +17,7 @@ Credentials are the environment's: a TPU or GCE VM's service account, or `gcloud
 on a laptop. STORAGE_EMULATOR_HOST (the Google client and gcsfs) and TENSORSTORE_GCS_HTTP_URL (tensorstore) point
 everything at another server, as the tests do.
 """
+
 import contextlib
 import errno
 import fcntl
@@ -79,8 +80,10 @@ def reason(error: BaseException) -> str | None:
   from google.auth import exceptions as auth
 
   if isinstance(error, auth.DefaultCredentialsError):
-    return ("no Google Cloud credentials (on a laptop run `gcloud auth application-default login`; a TPU VM uses its "
-            "service account)")  # fmt: skip
+    return (
+      "no Google Cloud credentials (on a laptop run `gcloud auth application-default login`; a TPU VM uses its "
+      "service account)"
+    )
   if isinstance(error, auth.GoogleAuthError):
     return f"the credentials were refused ({str(error).splitlines()[0][:160]})"
   if isinstance(error, api.Forbidden | api.Unauthorized):
@@ -175,10 +178,12 @@ def local_data_dir(url: str, dataset_dir: str) -> str:
     needed, free = sum(listing.values()), shutil.disk_usage(os.path.dirname(target)).free
     if needed > free:
       raise WorkdirError(
-          f"{dataset_dir} ({needed / 1e9:.1f} GB) does not fit in {CACHE} ({free / 1e9:.1f} GB free): mount the bucket "
-          f"with gcsfuse and give the mount as a local data_dir, or set XDG_CACHE_HOME to a bigger disk."
-      )  # fmt: skip
-    print(f"copying {dataset_dir} ({needed / 1e6:.0f} MB) to {target} (array_record reads local files only)", flush=True)
+        f"{dataset_dir} ({needed / 1e9:.1f} GB) does not fit in {CACHE} ({free / 1e9:.1f} GB free): mount the bucket "
+        f"with gcsfuse and give the mount as a local data_dir, or set XDG_CACHE_HOME to a bigger disk."
+      )
+    print(
+      f"copying {dataset_dir} ({needed / 1e6:.0f} MB) to {target} (array_record reads local files only)", flush=True
+    )
     partial = target + ".partial"
     shutil.rmtree(partial, ignore_errors=True)
     for name in listing:

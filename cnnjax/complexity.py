@@ -12,6 +12,7 @@ Everything is counted for one example (batch 1). Work is attributed to the model
 modules through JAX's name stack; `stage_of` folds a paper's numbered layers (conv3_1, conv3_2) into
 their stage (conv3_x).
 """
+
 import dataclasses
 import math
 import re
@@ -68,7 +69,7 @@ def _walk(jaxpr, in_depths, scope, macs_by_scope):
       results = []
       for sub in subs:
         sub_macs = defaultdict(int)
-        outs = _walk(sub, [depth_of(v) for v in eqn.invars[-len(sub.invars):]], here, sub_macs)
+        outs = _walk(sub, [depth_of(v) for v in eqn.invars[-len(sub.invars) :]], here, sub_macs)
         results.append((sum(sub_macs.values()), outs, sub_macs))
       _, outs, sub_macs = max(results, key=lambda r: r[0])
       for k, v in sub_macs.items():
@@ -124,7 +125,8 @@ def initialise(model, train: bool):
 
 
 def abstract_init(model, input_shape, train=False, batch=1):
-  """(the model's output, its variables) as shapes only (jax.eval_shape), from one trace: nothing is allocated or run."""
+  """(the model's output, its variables) as shapes only (jax.eval_shape), from one trace: nothing is allocated or
+  run."""
   return jax.eval_shape(initialise(model, train), jax.ShapeDtypeStruct((batch, *input_shape), jnp.float32))
 
 

@@ -4,11 +4,13 @@ Config files (configs/*.py) start from `base()` and set what their paper prescri
 overridden on the command line (`--config.learning_rate=0.05`). Unknown fields and values of the wrong
 type are refused by ml_collections before anything runs.
 """
+
 import importlib.util
 import math
 import pathlib
 import sys
 
+import jax
 import ml_collections
 from absl import flags
 from ml_collections import config_flags
@@ -18,50 +20,50 @@ CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
 
 def base() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.model = ""
-  c.model_options = ml_collections.ConfigDict()  # the model's options; finish() lists them all
-  c.dataset = ""
-  c.data_dir = ""  # tfds data directory; empty: TFDS_DATA_DIR or ~/tensorflow_datasets
-  c.image_size = 224
-  c.channels = 3
-  c.augment = True
-  c.workers = 0  # grain worker processes (image decoding); 0 reads in a background thread
-  c.classes = ()  # a subset of the dataset's classes (label indices, renumbered 0.. in this order); (): all
-  c.shots = 0  # the first `shots` training examples of each class; 0: all (few-shot transfer tasks)
-  c.bad_images = "skip"  # imagefolder: 'skip' files that cannot be decoded, with a warning, or 'stop' at them
-  c.seed = 0
-  c.init_from = ""  # start from these weights: a cnnjax workdir, or torchvision's .pth / .safetensors for the model
-  c.trainable = "all"  # or 'head': only the classifier trains, on the frozen body's features (linear probing)
+  config = ml_collections.ConfigDict()
+  config.model = ""
+  config.model_options = ml_collections.ConfigDict()  # the model's options; finish() lists them all
+  config.dataset = ""
+  config.data_dir = ""  # tfds data directory; empty: TFDS_DATA_DIR or ~/tensorflow_datasets
+  config.image_size = 224
+  config.channels = 3
+  config.augment = True
+  config.workers = 0  # grain worker processes (image decoding); 0 reads in a background thread
+  config.classes = ()  # a subset of the dataset's classes (label indices, renumbered 0.. in this order); (): all
+  config.shots = 0  # the first `shots` training examples of each class; 0: all (few-shot transfer tasks)
+  config.bad_images = "skip"  # imagefolder: 'skip' files that cannot be decoded, with a warning, or 'stop' at them
+  config.seed = 0
+  config.init_from = ""  # start from these weights: a cnnjax workdir, or torchvision's .pth / .safetensors
+  config.trainable = "all"  # or 'head': only the classifier trains, on the frozen body's features (linear probing)
 
-  c.batch_size = 256  # global, over all devices and hosts
-  c.num_epochs = 90.0
-  c.num_steps = 0  # when set, overrides num_epochs
+  config.batch_size = 256  # global, over all devices and hosts
+  config.num_epochs = 90.0
+  config.num_steps = 0  # when set, overrides num_epochs
 
-  c.learning_rate = 0.1
-  c.momentum = 0.9
-  c.nesterov = False
-  c.weight_decay = 1e-4
-  c.schedule = "step"  # constant | step | exponential | cosine
-  c.lr_decay_factor = 0.1
-  c.lr_decay_epochs = (30, 60)  # for 'step', unless lr_decay_steps is set
-  c.lr_decay_steps = ()
-  c.lr_decay_every_epochs = 0.0  # for 'exponential'
-  c.warmup_epochs = 0.0
-  c.warmup_steps = 0
-  c.warmup_type = "linear"  # linear (from 0) | constant (at warmup_lr)
-  c.warmup_lr = 0.0
-  c.label_smoothing = 0.0
-  c.aux_loss_weight = 0.3  # GoogLeNet's auxiliary classifiers
-  c.dtype = "float32"  # or bfloat16: bf16 compute, fp32 parameters, fp32 logits and loss; float64 (checks of the
+  config.learning_rate = 0.1
+  config.momentum = 0.9
+  config.nesterov = False
+  config.weight_decay = 1e-4
+  config.schedule = "step"  # constant | step | exponential | cosine
+  config.lr_decay_factor = 0.1
+  config.lr_decay_epochs = (30, 60)  # for 'step', unless lr_decay_steps is set
+  config.lr_decay_steps = ()
+  config.lr_decay_every_epochs = 0.0  # for 'exponential'
+  config.warmup_epochs = 0.0
+  config.warmup_steps = 0
+  config.warmup_type = "linear"  # linear (from 0) | constant (at warmup_lr)
+  config.warmup_lr = 0.0
+  config.label_smoothing = 0.0
+  config.aux_loss_weight = 0.3  # GoogLeNet's auxiliary classifiers
+  config.dtype = "float32"  # or bfloat16: bf16 compute, fp32 parameters, fp32 logits and loss; float64 (checks of the
   #                     arithmetic itself, with JAX_ENABLE_X64=1): everything in float64
 
-  c.log_every_steps = 100
-  c.eval_every_epochs = 1.0
-  c.eval_every_steps = 0  # when set, overrides eval_every_epochs
-  c.checkpoint_every_steps = 0  # 0: at every evaluation
-  c.keep_checkpoints = 3
-  return c
+  config.log_every_steps = 100
+  config.eval_every_epochs = 1.0
+  config.eval_every_steps = 0  # when set, overrides eval_every_epochs
+  config.checkpoint_every_steps = 0  # 0: at every evaluation
+  config.keep_checkpoints = 3
+  return config
 
 
 def load(name: str, arg: str = "") -> ml_collections.ConfigDict:
@@ -81,96 +83,125 @@ def from_workdir(workdir: str) -> ml_collections.ConfigDict:
   path = workdir_lib.resolve(workdir) / "config.json"
   if not path.exists():
     raise ValueError(f"{workdir} has no config.json: give the run's --config (or a cnnjax workdir)")
-  saved, c = json.loads(path.read_text()), base()
-  unknown = sorted(set(saved) - set(c))
+  saved, config = json.loads(path.read_text()), base()
+  unknown = sorted(set(saved) - set(config))
   if unknown:
     raise ValueError(f"{path} has field(s) this version does not know: {', '.join(unknown)}; give the run's --config")
   for field, value in saved.items():
     if field != "model_options":
-      c[field] = tuple(value) if isinstance(c[field], tuple) else value
-  c.model_options = ml_collections.ConfigDict({k: tuple(v) if isinstance(v, list) else v for k, v in saved["model_options"].items()})
-  return finish(c)
+      config[field] = tuple(value) if isinstance(config[field], tuple) else value
+  config.model_options = ml_collections.ConfigDict(
+    {k: tuple(v) if isinstance(v, list) else v for k, v in saved["model_options"].items()}
+  )
+  return finish(config)
 
 
 # (lowest, highest) of the numeric fields; None: unbounded on that side. Where an end is excluded, `validate` says so.
 # Step counts stay below 2**31 (the step counter is an int32 on the devices), epoch counts below a million.
 STEPS, EPOCHS = 2**31, 10**6
 RANGES = {
-    "image_size": (1, None), "shots": (0, None), "workers": (0, None), "seed": (0, None), "batch_size": (1, None),
-    "num_epochs": (0, EPOCHS), "num_steps": (0, STEPS), "learning_rate": (0, None), "momentum": (0, 1),
-    "weight_decay": (0, None), "lr_decay_factor": (0, None), "lr_decay_every_epochs": (0, EPOCHS),
-    "warmup_epochs": (0, EPOCHS), "warmup_steps": (0, STEPS), "warmup_lr": (0, None), "label_smoothing": (0, 1),
-    "aux_loss_weight": (0, None), "log_every_steps": (1, STEPS), "eval_every_epochs": (0, EPOCHS),
-    "eval_every_steps": (0, STEPS), "checkpoint_every_steps": (0, STEPS), "keep_checkpoints": (1, None),
-}  # fmt: skip
+  "image_size": (1, None),
+  "shots": (0, None),
+  "workers": (0, None),
+  "seed": (0, None),
+  "batch_size": (1, None),
+  "num_epochs": (0, EPOCHS),
+  "num_steps": (0, STEPS),
+  "learning_rate": (0, None),
+  "momentum": (0, 1),
+  "weight_decay": (0, None),
+  "lr_decay_factor": (0, None),
+  "lr_decay_every_epochs": (0, EPOCHS),
+  "warmup_epochs": (0, EPOCHS),
+  "warmup_steps": (0, STEPS),
+  "warmup_lr": (0, None),
+  "label_smoothing": (0, 1),
+  "aux_loss_weight": (0, None),
+  "log_every_steps": (1, STEPS),
+  "eval_every_epochs": (0, EPOCHS),
+  "eval_every_steps": (0, STEPS),
+  "checkpoint_every_steps": (0, STEPS),
+  "keep_checkpoints": (1, None),
+}
 CHOICES = {
-    "channels": (1, 3), "schedule": ("constant", "step", "exponential", "cosine"), "warmup_type": ("linear", "constant"),
-    "dtype": ("float32", "bfloat16", "float64"), "bad_images": ("skip", "stop"), "trainable": ("all", "head"),
-}  # fmt: skip
+  "channels": (1, 3),
+  "schedule": ("constant", "step", "exponential", "cosine"),
+  "warmup_type": ("linear", "constant"),
+  "dtype": ("float32", "bfloat16", "float64"),
+  "bad_images": ("skip", "stop"),
+  "trainable": ("all", "head"),
+}
 
 
-def validate(c) -> None:
+def validate(config) -> None:
   """ValueError naming the field for a value no run can use: out of range, not finite, not one of the choices,
   or nothing to train. (Model options are checked by the model, dataset names by cnnjax.data.)"""
   for field, (low, high) in RANGES.items():
-    value = c[field]
+    value = config[field]
     if not math.isfinite(value) or value < low or (high is not None and value >= high):
       bound = f"at least {low}" + (f" and below {high}" if high is not None else "")
       raise ValueError(f"{field}={value} is out of range: it must be {bound}")
   for field, allowed in CHOICES.items():
-    if c[field] not in allowed:
-      raise ValueError(f"unknown {field} {c[field]!r}; valid: {', '.join(map(str, allowed))}")
+    if config[field] not in allowed:
+      raise ValueError(f"unknown {field} {config[field]!r}; valid: {', '.join(map(str, allowed))}")
   for field, high in (("lr_decay_epochs", EPOCHS), ("lr_decay_steps", STEPS)):
-    if any(not math.isfinite(v) or not 0 <= v < high for v in c[field]):
-      raise ValueError(f"{field}={_show(c[field])} must list numbers from 0 to below {high}")
-  if not (c.num_steps or c.num_epochs):
+    if any(not math.isfinite(v) or not 0 <= v < high for v in config[field]):
+      raise ValueError(f"{field}={_show(config[field])} must list numbers from 0 to below {high}")
+  if not (config.num_steps or config.num_epochs):
     raise ValueError("num_steps and num_epochs are both 0: there is nothing to train")
-  if c.schedule == "exponential" and not c.lr_decay_every_epochs:
+  if config.dtype == "float64" and not jax.config.jax_enable_x64:
+    raise ValueError("dtype float64 needs JAX's 64-bit mode: set JAX_ENABLE_X64=1")
+  if config.schedule == "exponential" and not config.lr_decay_every_epochs:
     raise ValueError("schedule 'exponential' needs lr_decay_every_epochs (how often the rate decays)")
 
 
-def finish(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """`c` with every option of its model in model_options, at its default unless the config chose it, so that
+def finish(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` with every option of its model in model_options, at its default unless the config chose it, so that
   any option can be overridden on the command line (`--config.model_options.widths=(8,16,32)`) and config.json
   records the whole model. Every config file returns through this."""
   from cnnjax import models  # here: the flag parser below needs none of it
 
-  every = models.defaults(c.model)
-  unknown = sorted(set(c.model_options) - set(every))
+  every = models.defaults(config.model)
+  unknown = sorted(set(config.model_options) - set(every))
   if unknown:
-    raise ValueError(f"model {c.model!r} has no option(s) {', '.join(unknown)}; valid: {', '.join(every)}")
-  c.model_options = ml_collections.ConfigDict({**every, **c.model_options})
-  return c
+    raise ValueError(f"model {config.model!r} has no option(s) {', '.join(unknown)}; valid: {', '.join(every)}")
+  config.model_options = ml_collections.ConfigDict({**every, **config.model_options})
+  return config
 
 
-def local(c: ml_collections.ConfigDict, image_size: int = 32, batch_size: int = 64, num_epochs: float = 10,
-          learning_rate: float | None = None) -> ml_collections.ConfigDict:  # fmt: skip
+def local(
+  config: ml_collections.ConfigDict,
+  image_size: int = 32,
+  batch_size: int = 64,
+  num_epochs: float = 10,
+  learning_rate: float | None = None,
+) -> ml_collections.ConfigDict:
   """The same model on the bundled `digits` dataset, at a small input size, with a CPU-sized schedule."""
-  c.dataset = "digits"
-  c.image_size = image_size
-  c.batch_size = batch_size
-  c.num_epochs = num_epochs
-  c.num_steps = 0
-  c.schedule = "cosine"
-  c.warmup_epochs = 1.0
-  c.warmup_steps = 0
-  c.warmup_type = "linear"
+  config.dataset = "digits"
+  config.image_size = image_size
+  config.batch_size = batch_size
+  config.num_epochs = num_epochs
+  config.num_steps = 0
+  config.schedule = "cosine"
+  config.warmup_epochs = 1.0
+  config.warmup_steps = 0
+  config.warmup_type = "linear"
   if learning_rate is not None:
-    c.learning_rate = learning_rate
-  c.log_every_steps = 10
-  c.eval_every_epochs = 1.0
-  c.eval_every_steps = 0
-  c.workers = 0
-  return c
+    config.learning_rate = learning_rate
+  config.log_every_steps = 10
+  config.eval_every_epochs = 1.0
+  config.eval_every_steps = 0
+  config.workers = 0
+  return config
 
 
 # Fields that set one thing two ways: the `_steps` one wins when set (non-zero), so a config sets one of each
 # pair and leaves the other 0 or ().
 ALTERNATIVES = (
-    ("num_steps", "num_epochs"),
-    ("eval_every_steps", "eval_every_epochs"),
-    ("lr_decay_steps", "lr_decay_epochs"),
-    ("warmup_steps", "warmup_epochs"),
+  ("num_steps", "num_epochs"),
+  ("eval_every_steps", "eval_every_epochs"),
+  ("lr_decay_steps", "lr_decay_epochs"),
+  ("warmup_steps", "warmup_epochs"),
 )
 
 
@@ -197,8 +228,10 @@ def resolve_overrides(config, overridden) -> list[str]:
   for steps, epochs in ALTERNATIVES:
     given = [f for f in (steps, epochs) if f in overridden and config[f]]
     if len(given) == 2:
-      raise ValueError(f"--config.{steps}={_show(config[steps])} and --config.{epochs}={_show(config[epochs])} "
-                       "set the same thing two ways; give one of them")  # fmt: skip
+      raise ValueError(
+        f"--config.{steps}={_show(config[steps])} and --config.{epochs}={_show(config[epochs])} "
+        "set the same thing two ways; give one of them"
+      )
     if given:
       other = epochs if given[0] == steps else steps
       if config[other] and other == steps:  # steps win when both are set: say so where that is overturned
@@ -206,8 +239,8 @@ def resolve_overrides(config, overridden) -> list[str]:
       config[other] = type(config[other])()  # 0, 0.0 or (): config.json then says what ran
   for field, why in inert(config).items():
     if field in overridden:
-      raise ValueError(f"--config.{field}={_show(config[field] if '.' not in field else config.model_options[field.split('.', 1)[1]])} "
-                       f"would change nothing: {why}")  # fmt: skip
+      value = config[field] if "." not in field else config.model_options[field.split(".", 1)[1]]
+      raise ValueError(f"--config.{field}={_show(value)} would change nothing: {why}")
   return notes
 
 

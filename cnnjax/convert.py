@@ -11,12 +11,13 @@ checkpoint of step 0 holding the weights. Every command then reads it as one cnn
 NAME is one of cnnjax.models.pretrained.TORCHVISION: alexnet_torchvision, vgg11..vgg19(_bn), googlenet_torchvision,
 resnet18..resnet152.
 """
+
 import jax
 from absl import app, flags
 
 from cnnjax import checkpoint, cli, errors, models, optim, train
-from cnnjax import workdir as workdir_lib
 from cnnjax import config as config_lib
+from cnnjax import workdir as workdir_lib
 from cnnjax.models import pretrained
 
 FLAGS = flags.FLAGS
@@ -27,7 +28,7 @@ def family_config(name: str):
   family = pretrained.family(name)
   arg = {"alexnet": "torchvision", "googlenet": "torchvision"}.get(family)
   if arg is None:  # vgg16_bn -> 16,bn; resnet50 -> 50
-    depth, *bn = name[len(family):].split("_")
+    depth, *bn = name[len(family) :].split("_")
     arg = ",".join([depth, *bn])
   return config_lib.load(family, arg)
 
@@ -38,8 +39,10 @@ def convert(name: str, weights, workdir: str) -> dict:
   config = family_config(name)
   config.model_options.update({k: getattr(model, k) for k in models.defaults(name)})
   if model.num_classes != 1000:
-    raise pretrained.WeightsError(f"these weights have {model.num_classes} classes, not ImageNet's 1000: train with "
-                                  "--config.init_from=FILE on the dataset they belong to instead")  # fmt: skip
+    raise pretrained.WeightsError(
+      f"these weights have {model.num_classes} classes, not ImageNet's 1000: train with "
+      "--config.init_from=FILE on the dataset they belong to instead"
+    )
   state = train.TrainState.create(
     apply_fn=model.apply,
     params=variables["params"],
@@ -64,9 +67,11 @@ def main(argv):
   cli.start()
   convert(FLAGS.model, FLAGS.weights, FLAGS.workdir)
   count = sum(x.size for x in jax.tree.leaves(checkpoint.latest_variables(FLAGS.workdir)["params"]))
-  print(f"wrote {FLAGS.workdir}: {FLAGS.model} ({count:,} parameters) from {FLAGS.weights}, as step 0 of a config on "
-        f"imagenet2012.\n  evaluate: python -m cnnjax.main --mode=eval --workdir={FLAGS.workdir}\n"
-        f"  predict:  python -m cnnjax.predict --workdir={FLAGS.workdir} IMAGE...")  # fmt: skip
+  print(
+    f"wrote {FLAGS.workdir}: {FLAGS.model} ({count:,} parameters) from {FLAGS.weights}, as step 0 of a config on "
+    f"imagenet2012.\n  evaluate: python -m cnnjax.main --mode=eval --workdir={FLAGS.workdir}\n"
+    f"  predict:  python -m cnnjax.predict --workdir={FLAGS.workdir} IMAGE..."
+  )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Where the arrays of a run live: the mesh of local devices the pmapped steps span, the replicated state, and
 the batches copied to the devices ahead of the step that takes them."""
+
 import queue
 import threading
 

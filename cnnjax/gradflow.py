@@ -9,6 +9,7 @@ statistics of each named intermediate; and W/gradflow.png, gradient norm against
 Gradients are those of the training loss on one fixed probe batch (the first training batch), on one
 device; between the requested steps the model trains with its config's recipe on all local devices.
 """
+
 import contextlib
 import dataclasses
 import functools
@@ -77,9 +78,11 @@ def _first_calls(model: nn.Module, shape: tuple) -> dict:
 def _measure(params, batch_stats, images, labels, cfg: train.StepConfig):
   # the state is rebuilt here: a TrainState argument would carry its apply_fn, a new object each time,
   # into the jit cache key and recompile every call
-  state = train.TrainState(step=0, apply_fn=cfg.model.apply, params=params, tx=None, opt_state=None, batch_stats=batch_stats)
+  state = train.TrainState(
+    step=0, apply_fn=cfg.model.apply, params=params, tx=None, opt_state=None, batch_stats=batch_stats
+  )
   grads, (_, _, _, out) = jax.grad(train.loss_fn, has_aux=True)(
-      params, state, data.normalize(images, cfg.mean, cfg.std), labels, cfg, jax.random.key(cfg.seed)
+    params, state, data.normalize(images, cfg.mean, cfg.std), labels, cfg, jax.random.key(cfg.seed)
   )
   norms = [jnp.linalg.norm(g.astype(jnp.float32)) for _, _, g in weighted_layers(grads)]
   stats = {k: (jnp.mean(v), jnp.std(v)) for k, v in out.items() if not k.startswith("aux")}
@@ -97,8 +100,8 @@ def profile(state: train.TrainState, batch: dict, step_config: train.StepConfig)
   names = [name for _, name, _ in weighted_layers(state.params)]
   order = forward_order(cfg.model, {"params": state.params, "batch_stats": state.batch_stats}, images.astype("float32"))
   return {
-      "layers": [{"name": names[i], "depth": d + 1, "grad_norm": float(norms[i])} for d, i in enumerate(order)],
-      "activations": [{"name": k, "mean": float(m), "std": float(s)} for k, (m, s) in stats.items()],
+    "layers": [{"name": names[i], "depth": d + 1, "grad_norm": float(norms[i])} for d, i in enumerate(order)],
+    "activations": [{"name": k, "mean": float(m), "std": float(s)} for k, (m, s) in stats.items()],
   }
 
 
@@ -106,7 +109,9 @@ def training_batches(run: train.Run):
   """The run's training batches in order, read until the `with` block ends; the first is the probe batch every
   measurement uses."""
   config = run.config
-  return data.reading(data.train_batches(run.dataset, train.input_shape(config), run.layout, config.seed, config.augment))
+  return data.reading(
+    data.train_batches(run.dataset, train.input_shape(config), run.layout, config.seed, config.augment)
+  )
 
 
 def run(config, workdir: str, steps: list[int]) -> dict:
@@ -125,8 +130,13 @@ def run(config, workdir: str, steps: list[int]) -> dict:
           state, _ = p_train(state, batch)
         done = step
         results.append({"step": step, **profile(state, probe, run.step_config)})
-  report = {"model": config.model, "model_options": dict(config.model_options), "probe_batch": int(probe["label"].size),
-            "layers": results[0]["layers"], "steps": results}  # fmt: skip
+  report = {
+    "model": config.model,
+    "model_options": dict(config.model_options),
+    "probe_batch": int(probe["label"].size),
+    "layers": results[0]["layers"],
+    "steps": results,
+  }
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / "gradflow.json").write_text(json.dumps(report, indent=1))
@@ -137,8 +147,8 @@ def run(config, workdir: str, steps: list[int]) -> dict:
 def plot(report: dict, path):
   with metrics.figure(path, figsize=(7, 4)) as ax:
     for result in report["steps"]:
-      depths = [l["depth"] for l in result["layers"]]
-      norms = np.maximum([l["grad_norm"] for l in result["layers"]], 1e-45)  # a vanished gradient still shows
+      depths = [layer["depth"] for layer in result["layers"]]
+      norms = np.maximum([layer["grad_norm"] for layer in result["layers"]], 1e-45)  # a vanished gradient still shows
       ax.semilogy(depths, norms, "o-", markersize=3, label=f"step {result['step']}")
     options = ", ".join(f"{k}={v}" for k, v in report["model_options"].items())
     ax.set(xlabel="depth (weighted layer, input to output)", ylabel="gradient norm")
@@ -164,8 +174,10 @@ def main(argv):
   report = run(config_lib.from_command_line(FLAGS["config"]), FLAGS.workdir, [int(s) for s in FLAGS.steps])
   for result in report["steps"]:
     first, last = result["layers"][0], result["layers"][-2 if len(result["layers"]) > 1 else -1]
-    print(f"step {result['step']}: first layer {first['name']} |grad| {first['grad_norm']:.3g}, "
-          f"last hidden layer {last['name']} |grad| {last['grad_norm']:.3g}")  # fmt: skip
+    print(
+      f"step {result['step']}: first layer {first['name']} |grad| {first['grad_norm']:.3g}, "
+      f"last hidden layer {last['name']} |grad| {last['grad_norm']:.3g}"
+    )
   print(f"wrote {FLAGS.workdir}/gradflow.json and gradflow.png")
 
 

@@ -1,5 +1,6 @@
 """A run that starts from trained weights (`config.init_from`): a cnnjax workdir's latest checkpoint or
 torchvision's weights for the config's model, placed in a fresh training state."""
+
 import jax
 
 from cnnjax import checkpoint

@@ -4,6 +4,7 @@ python -m cnnjax.main --mode=eval --workdir=DIR          # with the config the w
 
 Parses flags and calls cnnjax.train; everything else is importable and tested on its own.
 """
+
 import datetime
 import os
 import pathlib
@@ -18,16 +19,25 @@ FLAGS = flags.FLAGS
 
 
 def default_workdir(config_path: str) -> str:
-  name = pathlib.Path(config_path.split(":")[0]).stem + (f"-{config_path.split(':', 1)[1]}" if ":" in config_path else "")
+  name = pathlib.Path(config_path.split(":")[0]).stem + (
+    f"-{config_path.split(':', 1)[1]}" if ":" in config_path else ""
+  )
   return os.path.join("runs", f"{name.replace(',', '-')}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
 
 
 def define_flags():
   """Defined only when run as a command, so that importing several commands together is safe."""
-  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/lenet5.py or configs/resnet.py:50.", lock_config=True)
-  flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go; rerun with the same workdir to resume. "
-                      "Default: a new folder under ./runs/.")  # fmt: skip
-  flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (and evaluate), or evaluate the workdir's latest checkpoint.")
+  config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/lenet5.py or configs/resnet.py:50.", lock_config=True
+  )
+  flags.DEFINE_string(
+    "workdir",
+    None,
+    "Where checkpoints and metrics go; rerun with the same workdir to resume. Default: a new folder under ./runs/.",
+  )
+  flags.DEFINE_enum(
+    "mode", "train", ["train", "eval"], "train (and evaluate), or evaluate the workdir's latest checkpoint."
+  )
   cli.define_distributed_flags()
 
 
@@ -38,8 +48,9 @@ def main(argv):
   cli.start()
   if not FLAGS["config"].present:  # evaluating a workdir needs no config: it has its run's own
     if FLAGS.mode != "eval" or not FLAGS.workdir:
-      raise app.UsageError("--config is required (to evaluate a workdir with the config it was trained with: "
-                           "--mode=eval --workdir=DIR)")  # fmt: skip
+      raise app.UsageError(
+        "--config is required (to evaluate a workdir with the config it was trained with: --mode=eval --workdir=DIR)"
+      )
     config = config_lib.from_workdir(FLAGS.workdir)
   else:
     config = config_lib.from_command_line(FLAGS["config"])

@@ -4,6 +4,7 @@ Only the lead process (process 0) writes files; every process may print. Files a
 one whole record at a time, through cnnjax.workdir (local folders and gs:// alike), so a failed write is an
 error of the run's own thread, reported once, not a background thread's traceback.
 """
+
 import contextlib
 import csv
 import json
@@ -126,14 +127,19 @@ def figure(path, *args, **kwargs):
 def plot_curves(metrics_path, png_path):
   """Loss and error (1 - accuracy) against step, training and test, from metrics.jsonl."""
   lines = read_metrics(metrics_path)
-  train = [l for l in lines if "train_loss" in l]
-  test = [l for l in lines if "eval_loss" in l]
+  train = [line for line in lines if "train_loss" in line]
+  test = [line for line in lines if "eval_loss" in line]
   with figure(png_path, 1, 2, figsize=(10, 4)) as (loss_ax, err_ax):
     for rows, prefix, style in ((train, "train", "-"), (test, "eval", "o-")):
       if rows:
         steps = [r["step"] for r in rows]
         loss_ax.plot(steps, [r[f"{prefix}_loss"] for r in rows], style, label="train" if prefix == "train" else "test")
-        err_ax.plot(steps, [100 * (1 - r[f"{prefix}_accuracy"]) for r in rows], style, label="train" if prefix == "train" else "test")
+        err_ax.plot(
+          steps,
+          [100 * (1 - r[f"{prefix}_accuracy"]) for r in rows],
+          style,
+          label="train" if prefix == "train" else "test",
+        )
     loss_ax.set(xlabel="step", ylabel="loss", title="loss")
     err_ax.set(xlabel="step", ylabel="error (%)", title="error")
     for ax in (loss_ax, err_ax):
@@ -144,8 +150,9 @@ def plot_curves(metrics_path, png_path):
 class Progress:
   """One line of step, epoch, loss, accuracy, img/s and ETA: redrawn in place on a terminal, else printed per log."""
 
-  def __init__(self, total_steps: int, steps_per_epoch: int, batch_size: int, first_step: int = 0, stream=None,
-               quiet: bool = False):  # fmt: skip
+  def __init__(
+    self, total_steps: int, steps_per_epoch: int, batch_size: int, first_step: int = 0, stream=None, quiet: bool = False
+  ):
     self.total, self.steps_per_epoch, self.batch_size, self.quiet = total_steps, steps_per_epoch, batch_size, quiet
     self.stream = stream or sys.stdout
     self.tty = self.stream.isatty()
@@ -162,8 +169,8 @@ class Progress:
   def update(self, step: int, line: dict):
     eta = (self.total - step) * self.batch_size / self._rate if self._rate else math.nan
     text = (
-        f"step {step}/{self.total}  epoch {step / self.steps_per_epoch:.2f}  loss {line['train_loss']:.4f}  "
-        f"acc {line['train_accuracy']:.2%}  {line['img_per_s']:.0f} img/s  ETA {_duration(eta)}"
+      f"step {step}/{self.total}  epoch {step / self.steps_per_epoch:.2f}  loss {line['train_loss']:.4f}  "
+      f"acc {line['train_accuracy']:.2%}  {line['img_per_s']:.0f} img/s  ETA {_duration(eta)}"
     )
     self._print(text)
 
@@ -198,10 +205,13 @@ def _duration(seconds: float) -> str:
 def final_errors(run_dir) -> dict:
   """A finished run's training error over the last logged interval and its last test error, in percent."""
   lines = read_metrics(epath.Path(run_dir) / "metrics.jsonl")
-  last_train = [l for l in lines if "train_accuracy" in l][-1]
-  last_eval = [l for l in lines if "eval_accuracy" in l][-1]
-  return {"step": last_eval["step"], "train_error": 100 * (1 - last_train["train_accuracy"]),
-          "test_error": 100 * (1 - last_eval["eval_accuracy"])}  # fmt: skip
+  last_train = [line for line in lines if "train_accuracy" in line][-1]
+  last_eval = [line for line in lines if "eval_accuracy" in line][-1]
+  return {
+    "step": last_eval["step"],
+    "train_error": 100 * (1 - last_train["train_accuracy"]),
+    "test_error": 100 * (1 - last_eval["eval_accuracy"]),
+  }
 
 
 def write_csv(path, rows: list[dict]) -> None:

@@ -43,7 +43,7 @@ def sgd(config, learning_rate_fn, classifier: str | None = None) -> optax.Gradie
   )
   if classifier is None:
     return sgd
-  frozen = lambda params: {k: jax.tree.map(lambda _: k != classifier, v) for k, v in params.items()}
+  frozen = lambda params: {k: jax.tree.map(lambda _, layer=k: layer != classifier, v) for k, v in params.items()}
   return optax.chain(sgd, optax.masked(optax.set_to_zero(), frozen))
 
 

@@ -8,6 +8,7 @@ torchvision's probabilities; for a workdir cnnjax trained, that dataset's (digit
 class names. An image that cannot be read is one line on stderr; the others are still predicted, and the exit
 status is 1.
 """
+
 import json
 import sys
 
@@ -29,7 +30,13 @@ class Predictor:
   """A model with its variables, input shape, preprocessing style, normalisation and class names."""
 
   def __init__(self, model_name: str, model, variables, input_shape, dataset: data.Dataset):
-    self.model_name, self.model, self.variables, self.input_shape, self.dataset = model_name, model, variables, tuple(input_shape), dataset
+    self.model_name, self.model, self.variables, self.input_shape, self.dataset = (
+      model_name,
+      model,
+      variables,
+      tuple(input_shape),
+      dataset,
+    )
     self._apply = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False)[0].astype("float32")))
 
   @classmethod
@@ -65,8 +72,10 @@ class Predictor:
   def top(self, image: np.ndarray, k: int = 5) -> list[dict]:
     probs = self.probabilities(image)
     names = self.dataset.class_names
-    return [{"index": int(i), "label": names[i] if i < len(names) else f"class {i}", "probability": float(probs[i])}
-            for i in np.argsort(-probs, kind="stable")[:k]]  # fmt: skip
+    return [
+      {"index": int(i), "label": names[i] if i < len(names) else f"class {i}", "probability": float(probs[i])}
+      for i in np.argsort(-probs, kind="stable")[:k]
+    ]
 
 
 def _described(name: str, data_dir: str | None, num_classes: int = 1000) -> data.Dataset:
@@ -102,7 +111,9 @@ def main(argv):
   if bool(FLAGS.workdir) == bool(FLAGS.model or FLAGS.weights) or bool(FLAGS.model) != bool(FLAGS.weights):
     raise app.UsageError("give either --workdir=W or both --model=NAME and --weights=FILE")
   cli.start()
-  predictor = Predictor.from_workdir(FLAGS.workdir) if FLAGS.workdir else Predictor.from_torchvision(FLAGS.model, FLAGS.weights)
+  predictor = (
+    Predictor.from_workdir(FLAGS.workdir) if FLAGS.workdir else Predictor.from_torchvision(FLAGS.model, FLAGS.weights)
+  )
   failed = 0
   for path in images:
     try:
@@ -119,8 +130,12 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.DEFINE_string("workdir", None, "A cnnjax workdir (trained, or written by cnnjax.convert).")
-  flags.DEFINE_enum("model", None, list(pretrained.TORCHVISION), "With --weights: a network with torchvision's weights.")
-  flags.DEFINE_string("weights", None, "torchvision's weight file for --model: .pth (the [torch] extra) or .safetensors.")
+  flags.DEFINE_enum(
+    "model", None, list(pretrained.TORCHVISION), "With --weights: a network with torchvision's weights."
+  )
+  flags.DEFINE_string(
+    "weights", None, "torchvision's weight file for --model: .pth (the [torch] extra) or .safetensors."
+  )
   flags.DEFINE_enum("format", "table", ["table", "json"], "table, or json: one object per image and line.")
   flags.DEFINE_integer("top", 5, "How many classes per image.", lower_bound=1)
   cli.run(main)

@@ -1,8 +1,10 @@
 """Stopping a run on request: SIGTERM (a preemption) or Ctrl-C ends the training loop at a step with a checkpoint."""
+
 import os
 import signal
 import sys
 import threading
+from typing import ClassVar
 
 import jax
 from jax.experimental import multihost_utils
@@ -19,7 +21,7 @@ class StopRequests:
   signal goes to JAX's preemption service, which agrees a step with every process, and Ctrl-C is passed on
   to it as a SIGTERM."""
 
-  NAMES = {signal.SIGTERM: ("SIGTERM", 143), signal.SIGINT: ("Ctrl-C", 130)}
+  NAMES: ClassVar[dict] = {signal.SIGTERM: ("SIGTERM", 143), signal.SIGINT: ("Ctrl-C", 130)}
 
   def __init__(self):
     self.received = None

@@ -12,6 +12,7 @@ summary.json exists) and resumes unfinished ones from their checkpoints. Then WO
 and summary.png (training loss of every run, final test error of each) gather them.
 --print_commands prints each unfinished run's command instead, to queue anywhere (one per TPU VM, say).
 """
+
 import concurrent.futures
 import contextlib
 import importlib.util
@@ -64,7 +65,11 @@ def run_name(run: dict) -> str:
 
 
 def command(run: dict, workdir: str, extra=()) -> list[str]:
-  overrides = [f"--config.{k}={','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}" for k, v in sorted(run.items()) if k != "config"]
+  overrides = [
+    f"--config.{k}={','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+    for k, v in sorted(run.items())
+    if k != "config"
+  ]
   return [sys.executable, "-m", "cnnjax.main", f"--config={run['config']}", *overrides, f"--workdir={workdir}", *extra]
 
 
@@ -160,8 +165,11 @@ def execute(sweep: list[dict], workdir: str, parallel: int = 1, extra=()) -> lis
   if children.received is not None:
     name = "Ctrl-C" if children.received == signal.SIGINT else "SIGTERM"
     stopped, waiting = sum(c in (130, 143) for c in codes), codes.count(None)
-    raise errors.Stopped(f"stopped by {name}: {stopped} run(s) saved a checkpoint and stopped, {waiting} not started; "
-                        "rerun the same command to go on.", 130 if children.received == signal.SIGINT else 143)  # fmt: skip
+    raise errors.Stopped(
+      f"stopped by {name}: {stopped} run(s) saved a checkpoint and stopped, {waiting} not started; "
+      "rerun the same command to go on.",
+      130 if children.received == signal.SIGINT else 143,
+    )
   return [run_name(run) for run, code in zip(pending, codes) if code != 0]
 
 
@@ -173,9 +181,17 @@ def summarize(sweep: list[dict], workdir: str) -> list[dict]:
     if not finished(root / name):
       continue
     errors = metrics.final_errors(root / name)
-    rows.append({"run": name, **run, "final_step": errors["step"],
-                 "train_error": round(errors["train_error"], 2), "test_error": round(errors["test_error"], 2)})  # fmt: skip
-    curves[name] = [(l["step"], l["train_loss"]) for l in metrics.read_metrics(root / name / "metrics.jsonl") if "train_loss" in l]
+    rows.append(
+      {
+        "run": name,
+        **run,
+        "final_step": errors["step"],
+        "train_error": round(errors["train_error"], 2),
+        "test_error": round(errors["test_error"], 2),
+      }
+    )
+    lines = metrics.read_metrics(root / name / "metrics.jsonl")
+    curves[name] = [(line["step"], line["train_loss"]) for line in lines if "train_loss" in line]
   if not rows:
     return rows
   columns = list(dict.fromkeys(k for row in rows for k in row))
@@ -204,7 +220,7 @@ def define_flags():
   flags.DEFINE_bool("summary_only", False, "Only gather the finished runs into the summary.")
   flags.DEFINE_bool("print_commands", False, "Print each unfinished run's cnnjax.main command instead of running it.")
   flags.mark_flags_as_required(["sweep", "workdir"])
-  cli.define_distributed_flags()  # passed on to every run (a sweep queued on a TPU VM slice: --coordinator_address=auto)
+  cli.define_distributed_flags()  # passed on to every run (a sweep queued on a TPU VM slice: =auto)
 
 
 def main(argv):
@@ -221,7 +237,9 @@ def main(argv):
     return
   failed = [] if FLAGS.summary_only else execute(sweep, FLAGS.workdir, FLAGS.parallel, extra)
   rows = summarize(sweep, FLAGS.workdir)
-  where = f"summary in {FLAGS.workdir}/summary.md, summary.csv, summary.png" if rows else f"no summary yet in {FLAGS.workdir}"
+  where = (
+    f"summary in {FLAGS.workdir}/summary.md, summary.csv, summary.png" if rows else f"no summary yet in {FLAGS.workdir}"
+  )
   print(f"{len(rows)} of {len(sweep)} runs finished; {where}")
   if failed:
     sys.exit(f"error: {len(failed)} run(s) failed: {', '.join(failed)}; rerun the same command to resume them")

@@ -7,6 +7,7 @@ Prints img/s and, without workers, img/s per CPU-second of this process (per cor
 a train step fed is `python -m cnnjax.bench --input=real` against `--input=fake` (launch/gpu_bench.sh does it
 on JPEG files written by `imagenet_like`).
 """
+
 import pathlib
 import tempfile
 import time
@@ -62,7 +63,9 @@ def measure(dataset: Dataset, shape, batch: int, steps: int, workers: int) -> di
 
 def define_flags():
   """Defined only when run as a command, so that importing several commands together is safe."""
-  flags.DEFINE_enum("style", "cifar", ["cifar", "imagenet"], "CIFAR-style arrays in memory, or ImageNet-style JPEG files.")
+  flags.DEFINE_enum(
+    "style", "cifar", ["cifar", "imagenet"], "CIFAR-style arrays in memory, or ImageNet-style JPEG files."
+  )
   flags.DEFINE_integer("batch", 128, "Global batch size.")
   flags.DEFINE_integer("steps", 100, "Batches to time (after 5 of warm-up).")
   flags.DEFINE_integer("workers", 0, "grain worker processes.")

@@ -43,25 +43,20 @@ def init_variables(key, model: nn.Module, shape: tuple, dtype=jnp.float32) -> di
 
   Jitted at the top level with the model as a static argument, so every init of an equal model (each restore's
   target shapes, each build of the same config) reuses one trace and one compiled program."""
-  params_key, dropout_key = jax.random.split(key)
+  rngs = dict(zip(("params", "dropout"), jax.random.split(key)))
   # a float32 input as the models' float32 parameters expect, also where JAX makes float64 the default (x64)
-  variables = model.init(
-    {"params": params_key, "dropout": dropout_key}, jnp.zeros((1, *shape), jnp.float32), train=True
-  )
-  return jax.tree.map(
-    lambda v: v.astype(dtype), {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
-  )
+  variables = model.init(rngs, jnp.zeros((1, *shape), jnp.float32), train=True)
+  variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+  return jax.tree.map(lambda v: v.astype(dtype), variables)
 
 
 def create_train_state(model: nn.Module, optimizer, shape, seed: int, dtype=jnp.float32) -> TrainState:
   """A fresh TrainState: the model's initial variables (init_variables) kept in `dtype`, float32 (also for
   bfloat16 compute) or float64 where everything runs in float64, and the optimizer's initial state."""
   variables = init_variables(jax.random.key(seed), models.unsynchronised(model), tuple(shape), dtype)
+  create = functools.partial(TrainState.create, apply_fn=model.apply, tx=optimizer)
   # jitted too: the optimizer's state is one small program rather than an eager op per parameter
-  create = lambda v: TrainState.create(
-    apply_fn=model.apply, params=v["params"], batch_stats=v["batch_stats"], tx=optimizer
-  )
-  return jax.jit(create)(variables)
+  return jax.jit(lambda v: create(params=v["params"], batch_stats=v["batch_stats"]))(variables)
 
 
 def cross_entropy(logits, labels, label_smoothing: float = 0.0):
@@ -191,9 +186,6 @@ def build(config, dataset: data.Dataset | None = None) -> Run:
   steps_per_epoch = max(1, len(dataset.train) // config.batch_size)
   model = models.create(config.model, dataset.num_classes, axis_name=AXIS, **config.model_options)
   learning_rate_fn = optim.schedule(config, steps_per_epoch)
-  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}[config.dtype]
-  if dtype == jnp.float64 and not jax.config.jax_enable_x64:
-    raise ValueError("dtype float64 needs JAX's 64-bit mode: set JAX_ENABLE_X64=1")
   mean, std = dataset.normalization(config.channels)
   classifier = model.CLASSIFIER if config.trainable == "head" else None
   step_config = StepConfig(
@@ -203,7 +195,7 @@ def build(config, dataset: data.Dataset | None = None) -> Run:
     std=std,
     label_smoothing=config.label_smoothing,
     aux_loss_weight=config.aux_loss_weight,
-    compute_dtype=dtype,
+    compute_dtype=jnp.dtype(config.dtype),
     seed=config.seed,
     classifier=classifier,
   )
@@ -224,8 +216,7 @@ def initial_state(run: Run) -> TrainState:
 
 def evaluate_state(p_eval, state, run: Run) -> dict:
   """Loss, accuracy and top-5 over the whole test split (each example once)."""
-  sums = None
-  config = run.config
+  config, sums = run.config, None
   with data.reading(data.eval_batches(run.dataset, input_shape(config), run.layout, config.workers)) as batches:
     for batch in batches:
       out = p_eval(state, batch)
@@ -318,12 +309,10 @@ def _train_loop(run: Run, state, data_state, steps, ckpt: checkpoint.Checkpointe
 
 def _start_line(run: Run, step: int, workdir: str) -> str:
   config, devices = run.config, f"{jax.local_device_count()} {jax.devices()[0].platform} device(s)"
+  steps = f"{run.total_steps} steps of {config.batch_size} ({run.steps_per_epoch} per epoch)"
   resumed = f"; resumed at step {step}" if step else ""
   resumed += ": past this config's last step, nothing to train" if step >= run.total_steps else ""
-  return (
-    f"{config.model} on {config.dataset}: {run.total_steps} steps of {config.batch_size} "
-    f"({run.steps_per_epoch} per epoch) on {devices}; workdir {workdir}{resumed}"
-  )
+  return f"{config.model} on {config.dataset}: {steps} on {devices}; workdir {workdir}{resumed}"
 
 
 def _log_train(pending, step, run: Run, writer, progress):
@@ -355,6 +344,5 @@ def latest_state(run: Run, workdir: str) -> TrainState:
 def evaluate(config, workdir: str) -> dict:
   """Evaluate the latest checkpoint of `workdir` on the full test split."""
   run = build(config)
-  state = latest_state(run, workdir)
-  _, p_eval = pmapped_steps(run.step_config)
-  return {"step": int(state.step), **evaluate_state(p_eval, replicate(state, device_mesh()), run)}
+  state = replicate(latest_state(run, workdir), device_mesh())
+  return {"step": int(state.step), **evaluate_state(pmapped_steps(run.step_config)[1], state, run)}

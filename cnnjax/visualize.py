@@ -10,6 +10,7 @@ pattern shows whatever its magnitude. `activations`: the image as the network se
 preprocessing), then the first channels of each stage's output (the model's `intermediates`), each map scaled to
 its own range. Both read any workdir cnnjax trained or converted, or torchvision's weights.
 """
+
 import math
 
 import numpy as np
@@ -91,7 +92,9 @@ def draw_activations(predictor: Predictor, image: np.ndarray, title: str, out: s
 
 def main(argv):
   if len(argv) < 2 or argv[1] not in COMMANDS:
-    raise app.UsageError(f"write: python -m cnnjax.visualize {{{'|'.join(COMMANDS)}}} (--workdir=W | --model=NAME --weights=FILE)")
+    raise app.UsageError(
+      f"write: python -m cnnjax.visualize {{{'|'.join(COMMANDS)}}} (--workdir=W | --model=NAME --weights=FILE)"
+    )
   command, images = argv[1], argv[2:]
   if command == "activations" and len(images) != 1:
     raise app.UsageError("activations takes one image: python -m cnnjax.visualize activations --workdir=W IMAGE")
@@ -100,7 +103,9 @@ def main(argv):
   if bool(FLAGS.workdir) == bool(FLAGS.model or FLAGS.weights) or bool(FLAGS.model) != bool(FLAGS.weights):
     raise app.UsageError("give either --workdir=W or both --model=NAME and --weights=FILE")
   cli.start()
-  predictor = Predictor.from_workdir(FLAGS.workdir) if FLAGS.workdir else Predictor.from_torchvision(FLAGS.model, FLAGS.weights)
+  predictor = (
+    Predictor.from_workdir(FLAGS.workdir) if FLAGS.workdir else Predictor.from_torchvision(FLAGS.model, FLAGS.weights)
+  )
   title = f"{predictor.config_name}"
   out = FLAGS.out or f"{command}.png"
   if command == "filters":
@@ -115,7 +120,9 @@ if __name__ == "__main__":
   from cnnjax.models import pretrained
 
   flags.DEFINE_string("workdir", None, "A cnnjax workdir (trained, or written by cnnjax.convert).")
-  flags.DEFINE_enum("model", None, list(pretrained.TORCHVISION), "With --weights: a network with torchvision's weights.")
+  flags.DEFINE_enum(
+    "model", None, list(pretrained.TORCHVISION), "With --weights: a network with torchvision's weights."
+  )
   flags.DEFINE_string("weights", None, "torchvision's weight file for --model.")
   flags.DEFINE_string("out", None, "The picture to write (.png, .svg, .pdf); default filters.png or activations.png.")
   cli.run(main)

@@ -13,6 +13,7 @@ the object's generation (GCS's `ifGenerationMatch`), which the store applies ato
 compare-and-swap too: a run whose claim was taken over learns it at its next heartbeat and stops before it
 writes anything else.
 """
+
 import contextlib
 import dataclasses
 import datetime
@@ -148,8 +149,16 @@ class Owner:
   @classmethod
   def here(cls, processes: int = 1) -> "Owner":
     now = time.time()
-    return cls(uuid.uuid4().hex, socket.gethostname(), os.getpid(), _process_start(os.getpid()) or 0.0, now, now,
-               _command(), processes)  # fmt: skip
+    return cls(
+      uuid.uuid4().hex,
+      socket.gethostname(),
+      os.getpid(),
+      _process_start(os.getpid()) or 0.0,
+      now,
+      now,
+      _command(),
+      processes,
+    )
 
   def describe(self, now: float | None = None) -> str:
     start = datetime.datetime.fromtimestamp(self.started).strftime("%Y-%m-%d %H:%M:%S")
@@ -244,9 +253,9 @@ class Claim:
         why_gone = current.gone()
         if why_gone is None:
           raise WorkdirBusy(
-              f"{self.workdir} is in use by another run: {current.describe()}. Wait for it to finish, stop it, or "
-              f"choose another --workdir (a run that is gone leaves a claim that is taken over: at once on its own "
-              f"host, after {STALE_AFTER_S:.0f} s without a heartbeat from another)."
+            f"{self.workdir} is in use by another run: {current.describe()}. Wait for it to finish, stop it, or "
+            f"choose another --workdir (a run that is gone leaves a claim that is taken over: at once on its own "
+            f"host, after {STALE_AFTER_S:.0f} s without a heartbeat from another)."
           )
         self.took_over = f"{current.describe()}; {why_gone}"
       self._version = self._file.write(json.dumps(dataclasses.asdict(self.owner), indent=1), version)
@@ -267,8 +276,13 @@ class Claim:
         other = _read_owner(self._file.read()[0])
         self.lost = f"another run took it over: {other.describe()}" if other else "its claim was removed"
         return
-      except (OSError, WorkdirError) as e:  # a passing storage hiccup: try again at the next beat; a long one makes the claim stale
-        print(f"warning: cannot refresh the claim on {self.workdir}: {storage_reason(e) or e}", file=sys.stderr, flush=True)
+      except (
+        OSError,
+        WorkdirError,
+      ) as e:  # a passing storage hiccup: try again at the next beat; a long one makes the claim stale
+        print(
+          f"warning: cannot refresh the claim on {self.workdir}: {storage_reason(e) or e}", file=sys.stderr, flush=True
+        )
 
   def check(self):
     """Raise WorkdirBusy if the workdir was taken over (call before writing anything to it)."""
@@ -320,7 +334,6 @@ def _all_learn(claimed: bool) -> bool:
   return bool(multihost_utils.broadcast_one_to_all(np.int32(claimed)))
 
 
-
 def remedy(reason: str) -> str:
   """What a user does about a storage failure, by its cause."""
   if reason in (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT), os.strerror(errno.EFBIG)):
@@ -338,8 +351,10 @@ def advice(reason: str, directory, last_step: int | None) -> str:
   """What a user does after a write failed for `reason`, given the last intact checkpoint in `directory`."""
   if last_step is None:
     return f"No checkpoint was completed in {directory}: {remedy(reason)} and rerun the same command to start again."
-  return (f"The last intact checkpoint is step {last_step} ({epath.Path(directory) / str(last_step)}): "
-          f"{remedy(reason)} and rerun the same command to resume from it.")  # fmt: skip
+  return (
+    f"The last intact checkpoint is step {last_step} ({epath.Path(directory) / str(last_step)}): "
+    f"{remedy(reason)} and rerun the same command to resume from it."
+  )
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@
 
 Nothing is run: every figure comes from the traced computation (see cnnjax/complexity.py).
 """
+
 import csv
 import io
 import json
@@ -33,26 +34,32 @@ _RESNET_TABLE1 = {18: "1.8G", 34: "3.6G", 50: "3.8G", 101: "7.6G", 152: "11.3G"}
 _CIFAR_TABLE6 = {20: "0.27M", 32: "0.46M", 44: "0.66M", 56: "0.85M", 110: "1.7M"}
 
 PAPER = {
-    "lenet5": Paper(1998, "60,000 [paper]", "340,908 connections [paper]"),
-    "alexnet": Paper(2012, "60M [paper]", "", "1st 2012: 15.3% top-5 (7 CNNs)"),
-    "alexnet_torchvision": Paper(2014, "61.1M [tv]", "0.714G [tv]"),
-    "vgg11": Paper(2014, "133M [paper]", "7.609G [tv]"),
-    "vgg13": Paper(2014, "133M [paper]", "11.308G [tv]"),
-    "vgg16": Paper(2014, "138M [paper]", "15.3G [ResNet paper]", "2nd 2014: 7.3% top-5 (7 nets)"),
-    "vgg19": Paper(2014, "144M [paper]", "19.6G [ResNet paper]", "2nd 2014: 7.3% top-5 (7 nets)"),
-    "vgg11_bn": Paper(2015, "132.9M [tv]", "7.609G [tv]"),
-    "vgg13_bn": Paper(2015, "133.1M [tv]", "11.308G [tv]"),
-    "vgg16_bn": Paper(2015, "138.4M [tv]", "15.47G [tv]"),
-    "vgg19_bn": Paper(2015, "143.7M [tv]", "19.632G [tv]"),
-    "googlenet": Paper(2014, "6.8M [paper]", "1.5G [paper]", "1st 2014: 6.67% top-5 (7 models)"),
-    "googlenet_torchvision": Paper(2014, "6.6M [tv]", "1.498G [tv]"),
-    **{f"resnet{d}": Paper(2015, "", f"{m} [paper]") for d, m in _RESNET_TABLE1.items()},
-    "plain18": Paper(2015, "", "1.8G [paper]"),
-    "plain34": Paper(2015, "", "3.6G [paper]"),
-    **{f"{kind}{d}": Paper(2015, f"{p} [paper]", "") for d, p in _CIFAR_TABLE6.items() for kind in ("resnet", "plain")},
+  "lenet5": Paper(1998, "60,000 [paper]", "340,908 connections [paper]"),
+  "alexnet": Paper(2012, "60M [paper]", "", "1st 2012: 15.3% top-5 (7 CNNs)"),
+  "alexnet_torchvision": Paper(2014, "61.1M [tv]", "0.714G [tv]"),
+  "vgg11": Paper(2014, "133M [paper]", "7.609G [tv]"),
+  "vgg13": Paper(2014, "133M [paper]", "11.308G [tv]"),
+  "vgg16": Paper(2014, "138M [paper]", "15.3G [ResNet paper]", "2nd 2014: 7.3% top-5 (7 nets)"),
+  "vgg19": Paper(2014, "144M [paper]", "19.6G [ResNet paper]", "2nd 2014: 7.3% top-5 (7 nets)"),
+  "vgg11_bn": Paper(2015, "132.9M [tv]", "7.609G [tv]"),
+  "vgg13_bn": Paper(2015, "133.1M [tv]", "11.308G [tv]"),
+  "vgg16_bn": Paper(2015, "138.4M [tv]", "15.47G [tv]"),
+  "vgg19_bn": Paper(2015, "143.7M [tv]", "19.632G [tv]"),
+  "googlenet": Paper(2014, "6.8M [paper]", "1.5G [paper]", "1st 2014: 6.67% top-5 (7 models)"),
+  "googlenet_torchvision": Paper(2014, "6.6M [tv]", "1.498G [tv]"),
+  **{f"resnet{d}": Paper(2015, "", f"{m} [paper]") for d, m in _RESNET_TABLE1.items()},
+  "plain18": Paper(2015, "", "1.8G [paper]"),
+  "plain34": Paper(2015, "", "3.6G [paper]"),
+  **{f"{kind}{d}": Paper(2015, f"{p} [paper]", "") for d, p in _CIFAR_TABLE6.items() for kind in ("resnet", "plain")},
 }
 PAPER["resnet152"] = PAPER["resnet152"]._replace(ilsvrc="1st 2015: 3.57% top-5 (ensemble)")
-for _depth, _params in ((18, "11.7M [tv]"), (34, "21.8M [tv]"), (50, "25.6M [tv]"), (101, "44.5M [tv]"), (152, "60.2M [tv]")):
+for _depth, _params in (
+  (18, "11.7M [tv]"),
+  (34, "21.8M [tv]"),
+  (50, "25.6M [tv]"),
+  (101, "44.5M [tv]"),
+  (152, "60.2M [tv]"),
+):
   PAPER[f"resnet{_depth}"] = PAPER[f"resnet{_depth}"]._replace(params=_params)
 
 FLAGS = flags.FLAGS
@@ -64,15 +71,15 @@ def describe(name: str) -> dict:
   cost = complexity.cost(models.create(name), shape)
   paper = PAPER.get(name, Paper(2015, "", ""))
   return {
-      "name": name,
-      "year": paper.year,
-      "ilsvrc": paper.ilsvrc,
-      "depth": cost.depth,
-      "params": cost.params,
-      "paper_params": paper.params,
-      "macs": cost.macs,
-      "paper_macs": paper.macs,
-      "input_shape": list(shape),
+    "name": name,
+    "year": paper.year,
+    "ilsvrc": paper.ilsvrc,
+    "depth": cost.depth,
+    "params": cost.params,
+    "paper_params": paper.params,
+    "macs": cost.macs,
+    "paper_macs": paper.macs,
+    "input_shape": list(shape),
   }
 
 
@@ -80,8 +87,8 @@ def breakdown(name: str, **options) -> list[dict]:
   """Per-stage rows of `name` (built with `options`) at its paper input: parameters, MACs and their shares."""
   cost = complexity.cost(models.create(name, **options), models.input_shape(name))
   return [
-      {"stage": stage, "params": p, "macs": m, "params_share": p / cost.params, "macs_share": m / cost.macs}
-      for stage, (p, m) in cost.by_stage().items()
+    {"stage": stage, "params": p, "macs": m, "params_share": p / cost.params, "macs_share": m / cost.macs}
+    for stage, (p, m) in cost.by_stage().items()
   ]
 
 
@@ -95,8 +102,15 @@ def inception_savings(name: str = "googlenet") -> list[dict]:
     _, h, w, channels = out[f"inception_{stage}"].shape
     reduced = inception_macs(h, w, in_channels, spec, "reduced", model.c5_kernel)
     naive = inception_macs(h, w, in_channels, spec, "naive", model.c5_kernel)
-    rows.append({"module": stage, "input": f"{h}x{w}x{in_channels}", "reduced_macs": reduced, "naive_macs": naive,
-                 "naive_over_reduced": naive / reduced})  # fmt: skip
+    rows.append(
+      {
+        "module": stage,
+        "input": f"{h}x{w}x{in_channels}",
+        "reduced_macs": reduced,
+        "naive_macs": naive,
+        "naive_over_reduced": naive / reduced,
+      }
+    )
     in_channels = channels
   return rows
 
@@ -157,14 +171,20 @@ def report(names: list[str], show_breakdown: bool, fmt: str) -> str:
     return json.dumps(sections, indent=1)
   parts = []
   for name, section in sections.items():
-    parts.append(f"{name} at {'x'.join(map(str, models.input_shape(name)))}, per stage:\n{render(section['stages'], fmt)}")
+    parts.append(
+      f"{name} at {'x'.join(map(str, models.input_shape(name)))}, per stage:\n{render(section['stages'], fmt)}"
+    )
     if "inception_modules" in section:
-      parts.append(f"{name}: what the 1x1 reductions save, per inception module on its real input:\n"
-                   f"{render(section['inception_modules'], fmt)}")  # fmt: skip
+      parts.append(
+        f"{name}: what the 1x1 reductions save, per inception module on its real input:\n"
+        f"{render(section['inception_modules'], fmt)}"
+      )
   if len(names) > 1:
     totals = {n: sum(r["macs"] for r in sections[n]["stages"]) for n in names}
     base = names[-1]
-    parts.append("\n".join(f"{n}: {_human(totals[n])} multiply-adds = {totals[n] / totals[base]:.2f}x {base}" for n in names))
+    parts.append(
+      "\n".join(f"{n}: {_human(totals[n])} multiply-adds = {totals[n] / totals[base]:.2f}x {base}" for n in names)
+    )
   return "\n\n".join(parts)
 
 

@@ -11,26 +11,29 @@ lr 0.01 divided by 10 three times "when the validation error rate stopped improv
 Paper: 40.7% top-1 / 18.2% top-5 error on ILSVRC-2012 val, one CNN, 10-crop testing (this code
 evaluates a single centre crop: torchvision's weights give 43.5% / 20.9% that way).
 """
+
 import ml_collections
 
-from cnnjax import config
+from cnnjax import config as config_lib
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  c = config.base()
-  c.model, c.dataset = "alexnet", "imagenet2012"
-  c.image_size = 227
-  c.batch_size = 128
-  c.learning_rate = 0.01
-  c.weight_decay = 5e-4
-  c.num_epochs = 90
-  c.lr_decay_epochs = (30, 60, 80)
+  config = config_lib.base()
+  config.model, config.dataset = "alexnet", "imagenet2012"
+  config.image_size = 227
+  config.batch_size = 128
+  config.learning_rate = 0.01
+  config.weight_decay = 5e-4
+  config.num_epochs = 90
+  config.lr_decay_epochs = (30, 60, 80)
   args = set(filter(None, arg.split(",")))
   if "torchvision" in args:
-    c.model, c.image_size = "alexnet_torchvision", 224
+    config.model, config.image_size = "alexnet_torchvision", 224
   if "local" in args:
-    c.model_options.global_pool = True  # a 256-input classifier: fc6's 9216 inputs are for 6x6 maps
-    config.local(c, image_size=64, learning_rate=0.01)
+    config.model_options.global_pool = True  # a 256-input classifier: fc6's 9216 inputs are for 6x6 maps
+    config_lib.local(config, image_size=64, learning_rate=0.01)
   if args - {"torchvision", "local"}:
-    raise ValueError(f"unknown alexnet config argument(s) {sorted(args - {'torchvision', 'local'})}; valid: torchvision, local")
-  return config.finish(c)
+    raise ValueError(
+      f"unknown alexnet config argument(s) {sorted(args - {'torchvision', 'local'})}; valid: torchvision, local"
+    )
+  return config_lib.finish(config)

@@ -17,40 +17,43 @@ ImageNet crops at 224. Hardware: one GPU for a few thousand images.
 on 2 CPU cores), then digits 5-9 from 10 examples each, starting from it. `python -m cnnjax.experiments.transfer`
 measures that against the same budget from scratch and against a linear probe, over seeds (docs/experiments.md).
 """
+
 import ml_collections
 
-from cnnjax import config
+from cnnjax import config as config_lib
 from cnnjax.models import pretrained
 
 SOURCE, TARGET, SHOTS = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9), 10
 
 
 def local(pretrain: bool) -> ml_collections.ConfigDict:
-  c = config.base()
-  c.model, c.dataset, c.channels = "lenet5", "digits", 1
-  c.model_options.head = "dense"  # the RBF output knows the ten digits only; a new task needs a new head
-  config.local(c, image_size=32, batch_size=50, num_epochs=30 if pretrain else 40, learning_rate=0.05)
-  c.classes, c.shots = (SOURCE, 0) if pretrain else (TARGET, SHOTS)
-  c.eval_every_epochs = 5.0
-  return c
+  config = config_lib.base()
+  config.model, config.dataset, config.channels = "lenet5", "digits", 1
+  config.model_options.head = "dense"  # the RBF output knows the ten digits only; a new task needs a new head
+  config_lib.local(config, image_size=32, batch_size=50, num_epochs=30 if pretrain else 40, learning_rate=0.05)
+  config.classes, config.shots = (SOURCE, 0) if pretrain else (TARGET, SHOTS)
+  config.eval_every_epochs = 5.0
+  return config
 
 
 def get_config(arg: str = "resnet50") -> ml_collections.ConfigDict:
   args = [a for a in arg.split(",") if a]
   if args[:1] == ["local"] and set(args[1:]) <= {"pretrain"}:
-    return config.finish(local(pretrain="pretrain" in args))
+    return config_lib.finish(local(pretrain="pretrain" in args))
   if len(args) != 1 or args[0] not in pretrained.TORCHVISION:
-    raise ValueError(f"finetune config argument {arg!r}: write NETWORK (one of {', '.join(pretrained.TORCHVISION)}), "
-                     "local or local,pretrain")  # fmt: skip
-  c = config.base()
-  c.model = args[0]
-  c.model_options.update(pretrained.TORCHVISION[c.model])
-  c.dataset = ""  # --config.dataset=imagefolder:/path
-  c.batch_size = 64
-  c.learning_rate = 0.01
-  c.weight_decay = 1e-4
-  c.schedule = "cosine"
-  c.num_epochs = 15
-  c.warmup_epochs = 1.0
-  c.log_every_steps = 20
-  return config.finish(c)
+    raise ValueError(
+      f"finetune config argument {arg!r}: write NETWORK (one of {', '.join(pretrained.TORCHVISION)}), "
+      "local or local,pretrain"
+    )
+  config = config_lib.base()
+  config.model = args[0]
+  config.model_options.update(pretrained.TORCHVISION[config.model])
+  config.dataset = ""  # --config.dataset=imagefolder:/path
+  config.batch_size = 64
+  config.learning_rate = 0.01
+  config.weight_decay = 1e-4
+  config.schedule = "cosine"
+  config.num_epochs = 15
+  config.warmup_epochs = 1.0
+  config.log_every_steps = 20
+  return config_lib.finish(config)

@@ -12,26 +12,29 @@ decay 2e-4 and 60 epochs here are our choices, not the paper's. Polyak averaging
 Paper: 10.07% top-5 error on ILSVRC-2012 val, one model, one crop (Table 3); torchvision's weights:
 30.2% top-1 / 10.5% top-5.
 """
+
 import ml_collections
 
-from cnnjax import config
+from cnnjax import config as config_lib
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  c = config.base()
-  c.model, c.dataset = "googlenet", "imagenet2012"
-  c.batch_size = 256
-  c.learning_rate = 0.08
-  c.weight_decay = 2e-4
-  c.num_epochs = 60
-  c.schedule = "exponential"
-  c.lr_decay_factor = 0.96
-  c.lr_decay_every_epochs = 8
+  config = config_lib.base()
+  config.model, config.dataset = "googlenet", "imagenet2012"
+  config.batch_size = 256
+  config.learning_rate = 0.08
+  config.weight_decay = 2e-4
+  config.num_epochs = 60
+  config.schedule = "exponential"
+  config.lr_decay_factor = 0.96
+  config.lr_decay_every_epochs = 8
   args = set(filter(None, arg.split(",")))
   if "torchvision" in args:
-    c.model = "googlenet_torchvision"
+    config.model = "googlenet_torchvision"
   if "local" in args:
-    config.local(c, image_size=32, learning_rate=0.02)
+    config_lib.local(config, image_size=32, learning_rate=0.02)
   if args - {"torchvision", "local"}:
-    raise ValueError(f"unknown googlenet config argument(s) {sorted(args - {'torchvision', 'local'})}; valid: torchvision, local")
-  return config.finish(c)
+    raise ValueError(
+      f"unknown googlenet config argument(s) {sorted(args - {'torchvision', 'local'})}; valid: torchvision, local"
+    )
+  return config_lib.finish(config)

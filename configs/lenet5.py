@@ -8,26 +8,27 @@ Expected: digits test accuracy >= 97% (measured, see README). MNIST: the paper r
 without distortions (LeNet-5, 20 passes). The paper trains with stochastic diagonal Levenberg-Marquardt;
 here plain SGD with momentum, which reaches the same regime on these small problems.
 """
+
 import ml_collections
 
-from cnnjax import config
+from cnnjax import config as config_lib
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  c = config.base()
-  c.model = "lenet5"
-  c.dataset = "digits"
-  c.image_size, c.channels = 32, 1
-  c.augment = False  # the paper's baseline used no distortions
-  c.batch_size = 32
-  c.num_epochs = 30
-  c.learning_rate = 0.005  # the RBF output's squared distances make larger rates diverge
-  c.weight_decay = 0.0
-  c.schedule = "cosine"
-  c.log_every_steps = 20
+  config = config_lib.base()
+  config.model = "lenet5"
+  config.dataset = "digits"
+  config.image_size, config.channels = 32, 1
+  config.augment = False  # the paper's baseline used no distortions
+  config.batch_size = 32
+  config.num_epochs = 30
+  config.learning_rate = 0.005  # the RBF output's squared distances make larger rates diverge
+  config.weight_decay = 0.0
+  config.schedule = "cosine"
+  config.log_every_steps = 20
   if arg == "mnist":
-    c.dataset = "mnist"  # 28x28 digits padded to the 32x32 field, as in the paper
-    c.num_epochs = 20
+    config.dataset = "mnist"  # 28x28 digits padded to the 32x32 field, as in the paper
+    config.num_epochs = 20
   elif arg not in ("", "local"):
     raise ValueError(f"unknown lenet5 config argument {arg!r}; valid: mnist, local")
-  return config.finish(c)
+  return config_lib.finish(config)

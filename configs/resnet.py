@@ -13,9 +13,10 @@ crops of 8%-100% of the area (the paper used scale augmentation on the shorter s
 Paper (10-crop, Table 3): ResNet-34 B 24.52% top-1, ResNet-50 22.85% / 6.71%, ResNet-152 21.43% / 5.71%;
 plain-34 28.54% (Table 2). Single centre crop [KH]: ResNet-50 24.7% / 7.8%.
 """
+
 import ml_collections
 
-from cnnjax import config
+from cnnjax import config as config_lib
 
 
 def get_config(arg: str = "50") -> ml_collections.ConfigDict:
@@ -23,14 +24,14 @@ def get_config(arg: str = "50") -> ml_collections.ConfigDict:
   depth = args[0] if args else "50"
   if depth not in ("18", "34", "50", "101", "152") or set(args[1:]) - {"plain", "local"}:
     raise ValueError(f"resnet config argument {arg!r}: write DEPTH[,plain][,local] with DEPTH 18, 34, 50, 101 or 152")
-  c = config.base()
-  c.model = ("plain" if "plain" in args else "resnet") + depth
-  c.dataset = "imagenet2012"
-  c.batch_size = 256
-  c.learning_rate = 0.1
-  c.weight_decay = 1e-4
-  c.num_epochs = 90
-  c.lr_decay_epochs = (30, 60)
+  config = config_lib.base()
+  config.model = ("plain" if "plain" in args else "resnet") + depth
+  config.dataset = "imagenet2012"
+  config.batch_size = 256
+  config.learning_rate = 0.1
+  config.weight_decay = 1e-4
+  config.num_epochs = 90
+  config.lr_decay_epochs = (30, 60)
   if "local" in args:
-    config.local(c, image_size=32, learning_rate=0.05)
-  return config.finish(c)
+    config_lib.local(config, image_size=32, learning_rate=0.05)
+  return config_lib.finish(config)

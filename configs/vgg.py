@@ -11,9 +11,10 @@ decay 5e-4, dropout 0.5 on fc6/fc7, lr 0.01 divided by 10 three times on plateau
 Paper (dense multi-scale test, Table 3): D 25.6% top-1 / 8.1% top-5 error, E 25.5% / 8.0%;
 torchvision's single centre crop: vgg16 28.4% / 9.6%, vgg19 27.6% / 9.1%.
 """
+
 import ml_collections
 
-from cnnjax import config
+from cnnjax import config as config_lib
 
 
 def get_config(arg: str = "16") -> ml_collections.ConfigDict:
@@ -21,15 +22,15 @@ def get_config(arg: str = "16") -> ml_collections.ConfigDict:
   depth = args[0] if args else "16"
   if depth not in ("11", "13", "16", "19") or set(args[1:]) - {"bn", "local"}:
     raise ValueError(f"vgg config argument {arg!r}: write DEPTH[,bn][,local] with DEPTH 11, 13, 16 or 19")
-  c = config.base()
-  c.model = f"vgg{depth}" + ("_bn" if "bn" in args else "")
-  c.dataset = "imagenet2012"
-  c.batch_size = 256
-  c.learning_rate = 0.01
-  c.weight_decay = 5e-4
-  c.num_epochs = 74
-  c.lr_decay_epochs = (30, 50, 65)
+  config = config_lib.base()
+  config.model = f"vgg{depth}" + ("_bn" if "bn" in args else "")
+  config.dataset = "imagenet2012"
+  config.batch_size = 256
+  config.learning_rate = 0.01
+  config.weight_decay = 5e-4
+  config.num_epochs = 74
+  config.lr_decay_epochs = (30, 50, 65)
   if "local" in args:
-    c.model_options.global_pool = True  # 512 inputs to fc6 instead of 25,088
-    config.local(c, image_size=32, learning_rate=0.01)
-  return config.finish(c)
+    config.model_options.global_pool = True  # 512 inputs to fc6 instead of 25,088
+    config_lib.local(config, image_size=32, learning_rate=0.01)
+  return config_lib.finish(config)

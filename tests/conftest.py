@@ -1,4 +1,5 @@
 """Shared fixtures. Tests run on the CPU with 8 simulated devices, so pmapped steps really split batches."""
+
 import atexit
 import dataclasses
 import os
@@ -20,10 +21,14 @@ import tempfile
 # files beside a running suite; the one caught in a core dump was that guard, in an 8-device all-reduce. Ten minutes
 # lets a late device arrive; a real deadlock still ends the test, after XLA's "may be stuck" warnings at 20 s, which
 # reach the log (--capture=sys in pyproject.toml).
-SUITE_XLA_FLAGS = ("--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false "
-                   "--xla_cpu_collective_call_terminate_timeout_seconds=600")
+SUITE_XLA_FLAGS = (
+  "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false "
+  "--xla_cpu_collective_call_terminate_timeout_seconds=600"
+)
 if "PYTEST_XDIST_WORKER" not in os.environ:  # the controlling process, or a session without workers
-  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8 {SUITE_XLA_FLAGS}"
+  os.environ["XLA_FLAGS"] = (
+    f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8 {SUITE_XLA_FLAGS}"
+  )
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="cnnjax-tests-xla-cache-")
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # the tests' programs are small: keep them all
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
@@ -108,11 +113,21 @@ def small_tfds(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp("small_tfds"))
   imagenette, imagenet2012 = tfds.builder_cls("imagenette"), tfds.builder_cls("imagenet2012")
   for builder, splits, shape, classes in (
-      (MNIST, {"train": 12, "test": 6}, lambda rng: (28, 28, 1), 10),
-      (Cifar100, {"train": 12, "test": 6}, lambda rng: (32, 32, 3), 100),
-      (imagenette, {"train": 12, "validation": 6}, lambda rng: (int(rng.integers(60, 90)), int(rng.integers(60, 90)), 3), 10),
-      (imagenet2012, {"train": 4, "validation": 6}, lambda rng: (int(rng.integers(230, 300)), int(rng.integers(230, 300)), 3), 1000),
-  ):  # fmt: skip
+    (MNIST, {"train": 12, "test": 6}, lambda rng: (28, 28, 1), 10),
+    (Cifar100, {"train": 12, "test": 6}, lambda rng: (32, 32, 3), 100),
+    (
+      imagenette,
+      {"train": 12, "validation": 6},
+      lambda rng: (int(rng.integers(60, 90)), int(rng.integers(60, 90)), 3),
+      10,
+    ),
+    (
+      imagenet2012,
+      {"train": 4, "validation": 6},
+      lambda rng: (int(rng.integers(230, 300)), int(rng.integers(230, 300)), 3),
+      1000,
+    ),
+  ):
     local(builder, splits, shape, classes)(data_dir=data_dir, file_format="array_record").download_and_prepare()
   return data_dir
 
@@ -160,17 +175,22 @@ def gcs():
   environment every client (google-cloud-storage, gcsfs, tensorstore) and every command started by a test reads
   to use it with anonymous credentials; the environment is restored afterwards."""
   port = free_port()
-  server = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "gcs_server.py"), str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+  server = subprocess.Popen(
+    [sys.executable, os.path.join(os.path.dirname(__file__), "gcs_server.py"), str(port)],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.DEVNULL,
+    text=True,
+  )
   assert server.stdout.readline().strip() == "ready"
   url = f"http://127.0.0.1:{port}"
   environment = {
-      "STORAGE_EMULATOR_HOST": url,  # google-cloud-storage and gcsfs
-      "TENSORSTORE_GCS_HTTP_URL": url,  # tensorstore (Orbax's checkpoint arrays)
-      "GOOGLE_AUTH_TOKEN_FOR_TESTING": "anonymous",  # tensorstore: no credentials to look for
-      "NO_GCE_CHECK": "true",  # gcsfs: do not wait for a VM's metadata server
-      "GCE_METADATA_HOST": "127.0.0.1:9", "GCE_METADATA_ROOT": "127.0.0.1:9",  # google-auth: none answers there
-  }  # fmt: skip
+    "STORAGE_EMULATOR_HOST": url,  # google-cloud-storage and gcsfs
+    "TENSORSTORE_GCS_HTTP_URL": url,  # tensorstore (Orbax's checkpoint arrays)
+    "GOOGLE_AUTH_TOKEN_FOR_TESTING": "anonymous",  # tensorstore: no credentials to look for
+    "NO_GCE_CHECK": "true",  # gcsfs: do not wait for a VM's metadata server
+    "GCE_METADATA_HOST": "127.0.0.1:9",
+    "GCE_METADATA_ROOT": "127.0.0.1:9",  # google-auth: none answers there
+  }
   saved = {k: os.environ.get(k) for k in environment}
   os.environ.update(environment)
   from google.cloud import storage

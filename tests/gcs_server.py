@@ -10,6 +10,7 @@ plus two things real GCS does that the emulator does not, added here as a test d
 
     python tests/gcs_server.py PORT    # serves until killed; prints "ready" once it listens
 """
+
 import contextlib
 import logging
 import sys
@@ -52,18 +53,25 @@ def guarded(handler, method: str):
     bucket, name = request.params.get("bucket_name", ""), _object_name(request)
     writes = method in WRITES and request.path.rstrip("/").split("/")[-1] != "b"  # (creating a bucket is allowed)
     if writes and bucket.startswith(READ_ONLY_PREFIX):
-      return _error(response, HTTPStatus.FORBIDDEN,
-                    f"tests@cnnjax does not have storage.objects.create access to the Google Cloud Storage bucket {bucket}.")  # fmt: skip
+      return _error(
+        response,
+        HTTPStatus.FORBIDDEN,
+        f"tests@cnnjax does not have storage.objects.create access to the Google Cloud Storage bucket {bucket}.",
+      )
     if name is not None:
       current = _current_generation(storage, bucket, name)
       match, not_match = request.query.get("ifGenerationMatch"), request.query.get("ifGenerationNotMatch")
       if match and current != int(match[0]):
-        return _error(response, HTTPStatus.PRECONDITION_FAILED, "At least one of the pre-conditions you specified did not hold.")
+        return _error(
+          response, HTTPStatus.PRECONDITION_FAILED, "At least one of the pre-conditions you specified did not hold."
+        )
       if not_match and current and current == int(not_match[0]):
         if not writes:
           response.status = HTTPStatus.NOT_MODIFIED
           return None
-        return _error(response, HTTPStatus.PRECONDITION_FAILED, "At least one of the pre-conditions you specified did not hold.")
+        return _error(
+          response, HTTPStatus.PRECONDITION_FAILED, "At least one of the pre-conditions you specified did not hold."
+        )
     result = handler(request, response, storage, *args, **kwargs)
     if not writes and name is not None and response.status == HTTPStatus.OK:
       with contextlib.suppress(NotFound):
@@ -74,7 +82,9 @@ def guarded(handler, method: str):
 
 
 def install():
-  server.HANDLERS = tuple((pattern, {m: guarded(h, m) for m, h in handlers.items()}) for pattern, handlers in server.HANDLERS)
+  server.HANDLERS = tuple(
+    (pattern, {m: guarded(h, m) for m, h in handlers.items()}) for pattern, handlers in server.HANDLERS
+  )
   objects.insert = guarded(objects.insert, "POST")  # the router's fallback for uploads posted without /upload
 
 

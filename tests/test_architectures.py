@@ -1,6 +1,7 @@
 """What parameter and multiply-add counts cannot see: dropout rates, where LRN sits, pooling windows, strides
 and ceil mode. Each is checked against its paper: dropout statistically in training mode, LRN by where it is
 called and by a value computed by hand, pooling by the feature-map sizes the papers' tables give."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,7 +40,10 @@ def dropped_fractions(model, image_size: int, train: bool = True) -> list[tuple]
       model.apply(variables, x, train=train, rngs={"dropout": jax.random.key(3)}, mutable=["batch_stats"])
     return pairs
 
-  x, variables = jax.random.normal(jax.random.key(0), (4, image_size, image_size, 3)), random_variables(model, image_size)
+  x, variables = (
+    jax.random.normal(jax.random.key(0), (4, image_size, image_size, 3)),
+    random_variables(model, image_size),
+  )
   pairs, seen = jax.device_get(inputs_and_outputs(variables, x)), []
   for (path, rate), (given, out) in zip(layers_seen, pairs, strict=True):
     live = given != 0
@@ -47,7 +51,9 @@ def dropped_fractions(model, image_size: int, train: bool = True) -> list[tuple]
   return seen
 
 
-@pytest.mark.parametrize("name,size,expected", [
+@pytest.mark.parametrize(
+  "name,size,expected",
+  [
     # AlexNet section 4.2: "we use dropout in the first two fully-connected layers" (4096 units), probability 0.5
     ("alexnet", 67, [("", 0.5, 4096), ("", 0.5, 4096)]),
     # VGG section 3.1: "the first two fully-connected layers were regularised by dropout (dropout ratio set to 0.5)"
@@ -55,12 +61,14 @@ def dropped_fractions(model, image_size: int, train: bool = True) -> list[tuple]
     # GoogLeNet section 5: the auxiliary heads' "dropout layer with 70% ratio of dropped outputs" after their FC
     # of 1024 units, met first (at 4a and 4d), then the main "dropout layer with 40% ratio" on the pooled 1024
     ("googlenet", 32, [("aux_4a/", 0.7, 1024), ("aux_4d/", 0.7, 1024), ("", 0.4, 1024)]),
-])  # fmt: skip
+  ],
+)
 def test_dropout_rates_in_training_are_the_papers_and_nothing_drops_in_evaluation(name, size, expected):
   model = models.create(name, num_classes=10)
   seen = dropped_fractions(model, size)
-  assert [(path.rsplit("/", 1)[0] + "/" if "/" in path else "", rate, shape) for path, rate, shape, _, _ in seen] == \
-      [(where, rate, (features,)) for where, rate, features in expected]
+  assert [(path.rsplit("/", 1)[0] + "/" if "/" in path else "", rate, shape) for path, rate, shape, _, _ in seen] == [
+    (where, rate, (features,)) for where, rate, features in expected
+  ]
   for path, rate, _, dropped, count in seen:
     # a binomial fraction of `count` draws: within 5 standard deviations of the rate
     assert abs(dropped - rate) < 5 * np.sqrt(rate * (1 - rate) / count), (path, dropped, count)
@@ -71,7 +79,9 @@ def test_lrn_by_hand():
   """AlexNet section 3.3: b_i = a_i / (k + alpha * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a_j^2)^beta with
   k = 2, n = 5, alpha = 1e-4, beta = 0.75, summed over the channels around i at one position."""
   a = np.arange(1.0, 8.0) * 10  # 7 channels at one pixel
-  expected = [a[i] / (2 + 1e-4 * sum(a[j] ** 2 for j in range(max(0, i - 2), min(6, i + 2) + 1))) ** 0.75 for i in range(7)]
+  expected = [
+    a[i] / (2 + 1e-4 * sum(a[j] ** 2 for j in range(max(0, i - 2), min(6, i + 2) + 1))) ** 0.75 for i in range(7)
+  ]
   out = layers.local_response_norm(jnp.asarray(a, jnp.float32).reshape(1, 1, 1, 7))
   np.testing.assert_allclose(np.asarray(out).ravel(), expected, rtol=1e-6)
 
@@ -93,16 +103,22 @@ def test_lrn_follows_relu_of_conv1_and_conv2_only_and_precedes_their_pooling(mon
   assert all(low >= 0 for _, low in calls)  # after the ReLU
 
 
-@pytest.mark.parametrize("name,sizes", [
+@pytest.mark.parametrize(
+  "name,sizes",
+  [
     # AlexNet: 227 -> conv1 55 -> 3x3/2 overlapping pool 27 -> conv2 27 -> pool 13 -> conv3..5 13 -> pool 6
     ("alexnet", {"conv1": 27, "conv2": 13, "conv3": 13, "conv4": 13, "conv5": 6}),
     # VGG: five 2x2/2 max-pools, 224 -> 112 -> 56 -> 28 -> 14 -> 7
     ("vgg16", {"block1": 112, "block2": 56, "block3": 28, "block4": 14, "block5": 7}),
     # GoogLeNet Table 1: 3x3/2 pools in ceil mode (112 -> 56, not 55), output sizes 56, 28, 28, 14, 7
-    ("googlenet", {"conv1": 56, "conv2": 28, "inception_3b": 28, "inception_4a": 14, "inception_4e": 14, "inception_5a": 7}),
+    (
+      "googlenet",
+      {"conv1": 56, "conv2": 28, "inception_3b": 28, "inception_4a": 14, "inception_4e": 14, "inception_5a": 7},
+    ),
     # ResNet Table 1: conv1 /2 and a 3x3/2 max-pool make 56; conv3_1, conv4_1, conv5_1 halve it
     ("resnet34", {"conv1": 56, "conv2_3": 56, "conv3_1": 28, "conv4_1": 14, "conv5_3": 7}),
-])  # fmt: skip
+  ],
+)
 def test_feature_map_sizes_follow_the_papers_pooling_and_strides(name, sizes):
   model = models.create(name)
   (_, out), _ = complexity.abstract_init(model, models.input_shape(name))

@@ -1,4 +1,5 @@
 """The shared blocks: option-A shortcuts, the inception cost formula, residual units, and whole-network switches."""
+
 import functools
 
 import flax.linen as nn
@@ -6,7 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cnnjax import complexity, models
 from cnnjax.models.blocks import Inception, ResidualBlock, branch_layers, inception_macs, zero_pad_shortcut
@@ -56,8 +58,14 @@ def test_stride_placement():
 def test_zero_initialised_residual_block_starts_as_the_identity(bottleneck):
   width = 4
   channels = 4 * width if bottleneck else width
-  block = ResidualBlock(width, nn.Conv, functools.partial(BATCH_NORM, use_running_average=True), nn.relu,
-                        bottleneck=bottleneck, zero_init_last_norm=True)  # fmt: skip
+  block = ResidualBlock(
+    width,
+    nn.Conv,
+    functools.partial(BATCH_NORM, use_running_average=True),
+    nn.relu,
+    bottleneck=bottleneck,
+    zero_init_last_norm=True,
+  )
   x = jax.random.normal(jax.random.key(0), (2, 6, 6, channels))
   variables = block.init(jax.random.key(1), x)
   np.testing.assert_allclose(block.apply(variables, x), nn.relu(x), rtol=1e-6)
@@ -108,7 +116,11 @@ def test_alexnet_initialisation_follows_the_paper():
 def test_lenet_initialisation_follows_the_paper():
   # appendix A: uniform in (-2.4/F, 2.4/F), F the unit's fan-in
   params = jax.jit(models.create("lenet5").init)(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))["params"]
-  for kernel, fan_in in ((params["C1"]["kernel"], 25), (params["C3"]["kernel_fan_in_4"], 100), (params["F6"]["kernel"], 120)):
+  for kernel, fan_in in (
+    (params["C1"]["kernel"], 25),
+    (params["C3"]["kernel_fan_in_4"], 100),
+    (params["F6"]["kernel"], 120),
+  ):
     assert float(jnp.max(jnp.abs(kernel))) <= 2.4 / fan_in
     assert float(jnp.max(jnp.abs(kernel))) > 2.4 / fan_in * 0.8  # it spans the range, not a narrower one
 
@@ -124,7 +136,12 @@ def test_zero_init_residual_option_zeroes_each_branchs_last_scale():
 @pytest.mark.parametrize("remat", ["norms", "blocks"])
 def test_rematerialisation_changes_memory_not_the_gradients(remat):
   """A bottleneck ResNet recomputing in the backward pass gives the same gradients and BatchNorm updates."""
-  kwargs = dict(stage_sizes=(1,), widths=(8,), bottleneck=True, num_classes=3)  # one block of each kind of layer
+  kwargs = {
+    "stage_sizes": (1,),
+    "widths": (8,),
+    "bottleneck": True,
+    "num_classes": 3,
+  }  # one block of each kind of layer
   x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
   variables = ResNet(**kwargs).init(jax.random.key(1), x, train=True)
 

@@ -1,17 +1,18 @@
 """The README's and WORKSPACE's smaller commands, run as a user runs them (the training, sweep and experiment
 commands have tests of their own): each ends with the output its documentation promises."""
+
 import json
 import os
 import subprocess
 import sys
 
-from test_main import ROOT
-from test_sweep import TINY
+from helpers import ROOT, TINY
 
 
 def start(*args, env=None) -> subprocess.Popen:
-  return subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, env=env)  # fmt: skip
+  return subprocess.Popen(
+    [sys.executable, "-m", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+  )
 
 
 def finish(process: subprocess.Popen) -> str:
@@ -26,12 +27,14 @@ def test_gradflow_throughput_bench_and_a_pending_sweep_as_commands(tfds_dir, tmp
   sweep_file.write_text(TINY)
   # side by side: each spends most of its time importing
   processes = {
-      "gradflow": start("cnnjax.gradflow", "--config=configs/lenet5.py", f"--workdir={tmp_path / 'gradflow'}", "--steps=0,2", env=env),
-      "throughput": start("cnnjax.throughput", "--style=cifar", "--batch=16", "--steps=3"),
-      "bench": start("cnnjax.bench", "--config=configs/lenet5.py", "--format=json", "--steps=2", "--window=1", env=env),
-      "print": start("cnnjax.sweep", f"--sweep={sweep_file}", f"--workdir={tmp_path / 'sweep'}", "--print_commands"),
-      "summary": start("cnnjax.sweep", f"--sweep={sweep_file}", f"--workdir={tmp_path / 'sweep'}", "--summary_only"),
-  }  # fmt: skip
+    "gradflow": start(
+      "cnnjax.gradflow", "--config=configs/lenet5.py", f"--workdir={tmp_path / 'gradflow'}", "--steps=0,2", env=env
+    ),
+    "throughput": start("cnnjax.throughput", "--style=cifar", "--batch=16", "--steps=3"),
+    "bench": start("cnnjax.bench", "--config=configs/lenet5.py", "--format=json", "--steps=2", "--window=1", env=env),
+    "print": start("cnnjax.sweep", f"--sweep={sweep_file}", f"--workdir={tmp_path / 'sweep'}", "--print_commands"),
+    "summary": start("cnnjax.sweep", f"--sweep={sweep_file}", f"--workdir={tmp_path / 'sweep'}", "--summary_only"),
+  }
   out = {name: finish(p) for name, p in processes.items()}
 
   report = json.loads((tmp_path / "gradflow" / "gradflow.json").read_text())

@@ -1,22 +1,24 @@
 """The multiply-add counter against direct formulas and against XLA's own cost analysis."""
+
 import jax
 import jax.numpy as jnp
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jax import lax
 
 from cnnjax import complexity
 
 conv_configs = st.fixed_dictionaries(
-    {
-        "batch": st.integers(1, 3),
-        "size": st.integers(5, 20),
-        "groups": st.integers(1, 4),
-        "in_per_group": st.integers(1, 5),
-        "out_per_group": st.integers(1, 5),
-        "kernel": st.integers(1, 5),
-        "stride": st.integers(1, 3),
-        "padding": st.integers(0, 2),
-    }
+  {
+    "batch": st.integers(1, 3),
+    "size": st.integers(5, 20),
+    "groups": st.integers(1, 4),
+    "in_per_group": st.integers(1, 5),
+    "out_per_group": st.integers(1, 5),
+    "kernel": st.integers(1, 5),
+    "stride": st.integers(1, 3),
+    "padding": st.integers(0, 2),
+  }
 )
 
 
@@ -27,7 +29,12 @@ def _conv(c, padding=None):
 
   def f(x, w):
     return lax.conv_general_dilated(
-        x, w, (c["stride"],) * 2, ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c["groups"]
+      x,
+      w,
+      (c["stride"],) * 2,
+      ((p, p), (p, p)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=c["groups"],
     )
 
   return f, x, w
@@ -84,4 +91,9 @@ def test_depth_is_the_longest_weighted_path_through_calls_and_branches():
 
 def test_stage_names_fold_numbered_layers():
   assert [complexity.stage_of(n) for n in ("conv3_2", "conv5_x", "inception_4a", "fc8", "C3")] == [
-      "conv3_x", "conv5_x", "inception_4a", "fc8", "C3"]  # fmt: skip
+    "conv3_x",
+    "conv5_x",
+    "inception_4a",
+    "fc8",
+    "C3",
+  ]

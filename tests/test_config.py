@@ -1,40 +1,29 @@
 """Configs: overrides that mean what they say, every model option overridable, resumes that keep a step's meaning."""
-import sys
 
 import pytest
-from absl import flags
-from ml_collections import config_flags
 
-from cnnjax import checkpoint, config as config_lib, models, optim, train
-from test_main import ROOT
+from cnnjax import checkpoint, models, optim, train
+from cnnjax import config as config_lib
 
-
-def command_line(*args):
-  """The config flag `python -m cnnjax.main --config=... --config.X=...` gets, parsed by the real flag machinery
-  (which finds the overrides in sys.argv)."""
-  argv = ["cnnjax", *[a.replace("configs/", f"{ROOT}/configs/", 1) for a in args]]
-  values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True)
-  saved, sys.argv = sys.argv, argv
-  try:
-    values(argv)
-  finally:
-    sys.argv = saved
-  return values["config"]
+from helpers import command_line
 
 
 def test_an_epochs_override_replaces_the_configs_steps_and_says_so(capsys):
   config = config_lib.from_command_line(command_line("--config=configs/cifar_resnet.py:20", "--config.num_epochs=6"))
   assert (config.num_steps, config.num_epochs) == (0, 6)
   assert "note: --config.num_epochs=6.0 replaces the config's num_steps=64000" in capsys.readouterr().out
-  config = config_lib.from_command_line(command_line("--config=configs/cifar_resnet.py:20", "--config.lr_decay_epochs=(2,4)"))
+  config = config_lib.from_command_line(
+    command_line("--config=configs/cifar_resnet.py:20", "--config.lr_decay_epochs=(2,4)")
+  )
   assert (tuple(config.lr_decay_steps), tuple(config.lr_decay_epochs)) == ((), (2, 4))
   config = config_lib.from_command_line(command_line("--config=configs/lenet5.py", "--config.num_steps=50"))
   assert (config.num_steps, config.num_epochs) == (50, 0)  # steps already won: said nowhere, recorded in config.json
   assert optim.total_steps(config, steps_per_epoch=46) == 50
 
 
-@pytest.mark.parametrize("args,refusal", [
+@pytest.mark.parametrize(
+  "args,refusal",
+  [
     (("--config.num_steps=5", "--config.num_epochs=2"), "set the same thing two ways"),
     (("--config.eval_every_steps=5", "--config.eval_every_epochs=2"), "set the same thing two ways"),
     (("--config.warmup_lr=0.05",), "would change nothing: there is no warm-up"),
@@ -45,29 +34,51 @@ def test_an_epochs_override_replaces_the_configs_steps_and_says_so(capsys):
     (("--config.bad_images=stop",), "dataset 'digits' is not an image folder"),
     (("--config.dataset=fake", "--config.data_dir=/data"), "not read from a tfds data directory"),
     (("--config.momentum=0", "--config.nesterov=True"), "momentum is 0"),
-])  # fmt: skip
+  ],
+)
 def test_overrides_that_would_change_nothing_or_contradict_are_refused(args, refusal):
   with pytest.raises(ValueError, match=refusal):
     config_lib.from_command_line(command_line("--config=configs/lenet5.py", *args))
 
 
 def test_the_same_fields_are_accepted_where_they_act():
-  config = config_lib.from_command_line(command_line("--config=configs/googlenet.py", "--config.aux_loss_weight=0.1",
-                                                     "--config.warmup_epochs=1", "--config.warmup_type=constant",
-                                                     "--config.warmup_lr=0.01", "--config.augment=False"))  # fmt: skip
+  config = config_lib.from_command_line(
+    command_line(
+      "--config=configs/googlenet.py",
+      "--config.aux_loss_weight=0.1",
+      "--config.warmup_epochs=1",
+      "--config.warmup_type=constant",
+      "--config.warmup_lr=0.01",
+      "--config.augment=False",
+    )
+  )
   assert (config.aux_loss_weight, config.warmup_lr, config.augment) == (0.1, 0.01, False)
 
 
-@pytest.mark.parametrize("name,arg", [("lenet5", ""), ("alexnet", "torchvision,local"), ("vgg", "16,bn"), ("googlenet", ""),
-                                      ("resnet", "50,plain"), ("cifar_resnet", "56,local")])  # fmt: skip
+@pytest.mark.parametrize(
+  "name,arg",
+  [
+    ("lenet5", ""),
+    ("alexnet", "torchvision,local"),
+    ("vgg", "16,bn"),
+    ("googlenet", ""),
+    ("resnet", "50,plain"),
+    ("cifar_resnet", "56,local"),
+  ],
+)
 def test_every_config_lists_every_option_of_its_model(name, arg):
   config = config_lib.load(name, arg)
-  assert set(config.model_options) == set(models.defaults(config.model)) == set(models.options(config.model)) - {"num_classes", "axis_name"}
+  assert (
+    set(config.model_options)
+    == set(models.defaults(config.model))
+    == set(models.options(config.model)) - {"num_classes", "axis_name"}
+  )
 
 
 def test_any_model_option_can_be_overridden_on_the_command_line():
-  config = config_lib.from_command_line(command_line("--config=configs/lenet5.py", "--config.model_options.head=dense",
-                                                     "--config.model_options.c3=full"))  # fmt: skip
+  config = config_lib.from_command_line(
+    command_line("--config=configs/lenet5.py", "--config.model_options.head=dense", "--config.model_options.c3=full")
+  )
   assert models.create(config.model, **config.model_options).head == "dense"
   config = command_line("--config=configs/cifar_resnet.py:20,local", "--config.model_options.widths=(4,8,8)").value
   assert tuple(config.model_options.widths) == (4, 8, 8)
@@ -107,33 +118,78 @@ def test_a_workdir_of_an_earlier_version_listing_fewer_options_is_the_same_model
 # Each paper's recipe, in its own words, as the fields it sets. (LeNet-5 trains with second-order SGD the
 # configs do not reproduce; its row pins the inputs the paper states.) Fields not named are free choices the
 # configs' docstrings say are theirs.
-ALEXNET = {"batch_size": 128, "momentum": 0.9, "weight_decay": 5e-4, "learning_rate": 0.01, "num_epochs": 90,
-           "lr_decay_factor": 0.1}  # section 5: batch 128, momentum 0.9, decay 0.0005, 0.01 divided by 10, ~90 cycles
-VGG = {"batch_size": 256, "momentum": 0.9, "weight_decay": 5e-4, "learning_rate": 0.01, "num_epochs": 74,
-       "lr_decay_factor": 0.1}  # section 3.1: batch 256, momentum 0.9, 5e-4, 1e-2 decreased by 10 three times, 74 epochs
-GOOGLENET = {"momentum": 0.9, "schedule": "exponential", "lr_decay_factor": 0.96, "lr_decay_every_epochs": 8,
-             "aux_loss_weight": 0.3}  # section 6: momentum 0.9, "decreasing the learning rate by 4% every 8 epochs"
-RESNET = {"batch_size": 256, "momentum": 0.9, "weight_decay": 1e-4, "learning_rate": 0.1,
-          "lr_decay_factor": 0.1}  # section 3.4: mini-batch 256, 0.1 divided by 10, decay 0.0001, momentum 0.9
-CIFAR = {"batch_size": 128, "momentum": 0.9, "weight_decay": 1e-4, "learning_rate": 0.1, "num_steps": 64_000,
-         "lr_decay_steps": (32_000, 48_000), "image_size": 32, "dataset": "cifar10"}  # section 4.2
+ALEXNET = {
+  "batch_size": 128,
+  "momentum": 0.9,
+  "weight_decay": 5e-4,
+  "learning_rate": 0.01,
+  "num_epochs": 90,
+  "lr_decay_factor": 0.1,
+}  # section 5: batch 128, momentum 0.9, decay 0.0005, 0.01 divided by 10, ~90 cycles
+VGG = {
+  "batch_size": 256,
+  "momentum": 0.9,
+  "weight_decay": 5e-4,
+  "learning_rate": 0.01,
+  "num_epochs": 74,
+  "lr_decay_factor": 0.1,
+}  # section 3.1: batch 256, momentum 0.9, 5e-4, 1e-2 decreased by 10 three times, 74 epochs
+GOOGLENET = {
+  "momentum": 0.9,
+  "schedule": "exponential",
+  "lr_decay_factor": 0.96,
+  "lr_decay_every_epochs": 8,
+  "aux_loss_weight": 0.3,
+}  # section 6: momentum 0.9, "decreasing the learning rate by 4% every 8 epochs"
+RESNET = {
+  "batch_size": 256,
+  "momentum": 0.9,
+  "weight_decay": 1e-4,
+  "learning_rate": 0.1,
+  "lr_decay_factor": 0.1,
+}  # section 3.4: mini-batch 256, 0.1 divided by 10, decay 0.0001, momentum 0.9
+CIFAR = {
+  "batch_size": 128,
+  "momentum": 0.9,
+  "weight_decay": 1e-4,
+  "learning_rate": 0.1,
+  "num_steps": 64_000,
+  "lr_decay_steps": (32_000, 48_000),
+  "image_size": 32,
+  "dataset": "cifar10",
+}  # section 4.2
 
 
-@pytest.mark.parametrize("name,arg,model,recipe", [
+@pytest.mark.parametrize(
+  "name,arg,model,recipe",
+  [
     ("lenet5", "", "lenet5", {"image_size": 32, "channels": 1, "augment": False}),
     ("lenet5", "mnist", "lenet5", {"dataset": "mnist", "image_size": 32, "channels": 1, "augment": False}),
-    ("alexnet", "", "alexnet", {**ALEXNET, "image_size": 227, "dataset": "imagenet2012", "lr_decay_epochs": (30, 60, 80)}),
+    (
+      "alexnet",
+      "",
+      "alexnet",
+      {**ALEXNET, "image_size": 227, "dataset": "imagenet2012", "lr_decay_epochs": (30, 60, 80)},
+    ),
     ("alexnet", "torchvision", "alexnet_torchvision", {**ALEXNET, "image_size": 224}),
-    *[("vgg", str(d), f"vgg{d}", {**VGG, "image_size": 224, "lr_decay_epochs": (30, 50, 65)}) for d in (11, 13, 16, 19)],
+    *[
+      ("vgg", str(d), f"vgg{d}", {**VGG, "image_size": 224, "lr_decay_epochs": (30, 50, 65)}) for d in (11, 13, 16, 19)
+    ],
     *[("vgg", f"{d},bn", f"vgg{d}_bn", VGG) for d in (11, 13, 16, 19)],
     ("googlenet", "", "googlenet", GOOGLENET),
     ("googlenet", "torchvision", "googlenet_torchvision", GOOGLENET),
     *[("resnet", str(d), f"resnet{d}", {**RESNET, "image_size": 224}) for d in (18, 34, 50, 101, 152)],
     *[("resnet", f"{d},plain", f"plain{d}", RESNET) for d in (18, 34)],
     *[("cifar_resnet", str(d), f"cifar_resnet{d}", CIFAR) for d in (20, 32, 44, 56)],
-    ("cifar_resnet", "110", "cifar_resnet110", {**CIFAR, "warmup_steps": 400, "warmup_lr": 0.01}),  # "0.01 ... until the training error is below 80% (about 400 iterations)"
+    (
+      "cifar_resnet",
+      "110",
+      "cifar_resnet110",
+      {**CIFAR, "warmup_steps": 400, "warmup_lr": 0.01},
+    ),  # "0.01 ... until the training error is below 80% (about 400 iterations)"
     *[("cifar_resnet", f"{d},plain", f"cifar_plain{d}", CIFAR) for d in (20, 56)],
-])  # fmt: skip
+  ],
+)
 def test_every_config_argument_builds_its_model_with_its_papers_recipe(name, arg, model, recipe):
   config = config_lib.load(name, arg)
   assert config.model == model
@@ -152,7 +208,7 @@ def test_the_finetune_config_builds_torchvisions_layout_with_a_transfer_recipe(n
   expected = {"resnet50": {"stride_in": "v1.5"}, "googlenet_torchvision": {"transform_input": True}}.get(network, {})
   assert {k: config.model_options[k] for k in expected} == expected
   assert (config.learning_rate, config.batch_size, config.schedule, config.num_epochs) == (0.01, 64, "cosine", 15)
-  with pytest.raises(ValueError, match="write NETWORK .*resnet152.*, local or local,pretrain"):
+  with pytest.raises(ValueError, match=r"write NETWORK .*resnet152.*, local or local,pretrain"):
     config_lib.load("finetune", "resnet20")
 
 

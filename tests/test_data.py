@@ -1,16 +1,18 @@
 """Datasets and the grain pipeline: offline digits, a real tfds array_record dataset, image folders, and
 the pipeline's promises (eval coverage, host sharding, resumable iterators) as properties."""
+
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from conftest import write_images
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
-from hypothesis import given, settings, strategies as st
 
 from cnnjax import data
 from cnnjax.data.sources import TFDS, ArraySource
-from conftest import write_images
 
 
 def index_dataset(n, shape=(4, 4, 1), style="small"):
@@ -27,8 +29,8 @@ def index_dataset(n, shape=(4, 4, 1), style="small"):
 
 def test_digits_builds_offline_without_tensorflow(tmp_path):
   code = (
-      "import sys; from cnnjax import data; d = data.load('digits', sys.argv[1]);"
-      "assert 'tensorflow' not in sys.modules; print(len(d.train), len(d.test), d.num_classes)"
+    "import sys; from cnnjax import data; d = data.load('digits', sys.argv[1]);"
+    "assert 'tensorflow' not in sys.modules; print(len(d.train), len(d.test), d.num_classes)"
   )
   result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
   assert result.returncode == 0, result.stderr
@@ -39,9 +41,13 @@ def test_digits_are_scikit_learns_digits(tfds_dir):
   from sklearn.datasets import load_digits
 
   d = data.load("digits", tfds_dir)
-  ours = sorted((e["image"].tobytes(), e["label"]) for split in (d.train, d.test) for e in (split[i] for i in range(len(split))))
+  ours = sorted(
+    (e["image"].tobytes(), e["label"]) for split in (d.train, d.test) for e in (split[i] for i in range(len(split)))
+  )
   ref = load_digits()
-  theirs = sorted((np.minimum(im * 16, 255).astype(np.uint8)[..., None].tobytes(), int(t)) for im, t in zip(ref.images, ref.target))
+  theirs = sorted(
+    (np.minimum(im * 16, 255).astype(np.uint8)[..., None].tobytes(), int(t)) for im, t in zip(ref.images, ref.target)
+  )
   assert ours == theirs
 
 
@@ -68,9 +74,11 @@ def test_unprepared_dataset_says_where_and_how(tmp_path):
 
 
 def test_unknown_dataset_lists_the_valid_ones():
-  with pytest.raises(data.DatasetError, match="unknown dataset 'cifar11'.*digits.*cifar10.*imagefolder"):
+  with pytest.raises(data.DatasetError, match=r"unknown dataset 'cifar11'.*digits.*cifar10.*imagefolder"):
     data.load("cifar11")
-  with pytest.raises(data.DatasetError, match=r"no dataset given: set --config.dataset \(your images: imagefolder:/path\)"):
+  with pytest.raises(
+    data.DatasetError, match=r"no dataset given: set --config.dataset \(your images: imagefolder:/path\)"
+  ):
     data.load("")
 
 
@@ -125,7 +133,9 @@ def test_image_folders_read_every_format_pillow_reads_and_list_other_files(tmp_p
   (folder / ".DS_Store").write_bytes(b"\0")
   d = data.load(f"imagefolder:{tmp_path}")
   assert len(d.train) + len(d.test) == 8  # every image format, not the text file or the hidden one
-  assert all(d.train[i]["image"].shape == (30, 40, 3) and d.train[i]["image"].dtype == np.uint8 for i in range(len(d.train)))
+  assert all(
+    d.train[i]["image"].shape == (30, 40, 3) and d.train[i]["image"].dtype == np.uint8 for i in range(len(d.train))
+  )
   assert "1 file(s) that are not images left out: " in capsys.readouterr().err
 
 
@@ -137,7 +147,7 @@ def test_unreadable_image_files_are_reported_together_then_left_out_or_stop_the_
   err = capsys.readouterr().err
   assert "2 of 8 files cannot be read as images, left out: " in err and "empty.png" in err and "text.jpg" in err
   assert len(d.train) + len(d.test) == 6
-  with pytest.raises(data.DatasetError, match="2 of 8 files cannot be read as images: .*bad_images='skip'"):
+  with pytest.raises(data.DatasetError, match=r"2 of 8 files cannot be read as images: .*bad_images='skip'"):
     data.load(f"imagefolder:{tmp_path}", bad_images="stop")
 
 
@@ -179,13 +189,21 @@ def test_eval_covers_every_example_exactly_once(n, devices, processes, per_devic
 
 
 @settings(max_examples=20)
-@given(st.integers(8, 100), st.sampled_from([1, 2, 3, 4]), st.integers(1, 4), st.integers(0, 99), st.sampled_from(["cifar", "small", "imagenet"]))
+@given(
+  st.integers(8, 100),
+  st.sampled_from([1, 2, 3, 4]),
+  st.integers(1, 4),
+  st.integers(0, 99),
+  st.sampled_from(["cifar", "small", "imagenet"]),
+)
 def test_hosts_read_disjoint_rows_of_the_batches_one_host_would_read(n, processes, local_batch, seed, style):
   """Concatenated in process order, the hosts' batches are the single-host global batches, augmentation included,
   so a run does not depend on how many hosts share it; one epoch of them covers each example at most once."""
   d, shape, batch = index_dataset(n, (8, 8, 3), style), (8, 8, 3), local_batch * processes
   single = _take(iter(data.train_batches(d, shape, data.Layout(batch), seed)), 3)
-  hosts = [_take(iter(data.train_batches(d, shape, data.Layout(batch, 1, p, processes), seed)), 3) for p in range(processes)]
+  hosts = [
+    _take(iter(data.train_batches(d, shape, data.Layout(batch, 1, p, processes), seed)), 3) for p in range(processes)
+  ]
   for step, whole in enumerate(single):
     for key in whole:
       np.testing.assert_array_equal(np.concatenate([h[step][key] for h in hosts], axis=1), whole[key])
@@ -228,15 +246,18 @@ def test_worker_processes_give_the_same_batches():
 
 
 def test_batch_size_must_split_over_devices():
-  with pytest.raises(ValueError, match="does not split evenly over 2 host.*4 device"):
+  with pytest.raises(ValueError, match=r"does not split evenly over 2 host.*4 device"):
     data.Layout(12, local_devices=4, process_count=2)
 
 
-@pytest.mark.parametrize("name,shape,classes,style", [
+@pytest.mark.parametrize(
+  "name,shape,classes,style",
+  [
     ("mnist", (32, 32, 1), 10, "small"),  # 28x28 digits padded into LeNet-5's 32x32 field
     ("cifar100", (32, 32, 3), 100, "cifar"),
     ("imagenette", (64, 64, 3), 10, "imagenet"),  # JPEGs of any size, cropped (train) or resized and centred (test)
-])  # fmt: skip
+  ],
+)
 def test_the_other_tfds_datasets_read_and_batch_as_their_settings_say(small_tfds, name, shape, classes, style):
   d = data.load(name, small_tfds)
   assert d.num_classes == classes and d.spec.style == style and len(d.train) == 12 and len(d.test) == 6
@@ -252,12 +273,23 @@ def test_the_other_tfds_datasets_read_and_batch_as_their_settings_say(small_tfds
 def test_a_subset_of_classes_and_shots_is_a_dataset_of_its_own():
   images = np.arange(40, dtype=np.uint8).reshape(40, 1, 1, 1)
   labels = np.arange(40) % 4  # 10 examples of each of 4 classes
-  whole = data.Dataset("toy", ArraySource(images, labels), ArraySource(images[:8], labels[:8]), 4, TFDS["mnist"], ("a", "b", "c", "d"))
+  whole = data.Dataset(
+    "toy", ArraySource(images, labels), ArraySource(images[:8], labels[:8]), 4, TFDS["mnist"], ("a", "b", "c", "d")
+  )
   task = data.subset(whole, classes=(3, 1), shots=2)
   assert (task.num_classes, task.class_names) == (2, ("d", "b"))
   # the first 2 training examples of classes 3 and 1, in the dataset's order, labelled by their place in `classes`
   assert [(int(r["image"][0, 0, 0]), r["label"]) for r in task.train.__getitems__(range(len(task.train)))] == [
-      (1, 1), (3, 0), (5, 1), (7, 0)]  # fmt: skip
-  assert [r["label"] for r in task.test.__getitems__(range(len(task.test)))] == [1, 0, 1, 0]  # every test example of both
+    (1, 1),
+    (3, 0),
+    (5, 1),
+    (7, 0),
+  ]
+  assert [r["label"] for r in task.test.__getitems__(range(len(task.test)))] == [
+    1,
+    0,
+    1,
+    0,
+  ]  # every test example of both
   with pytest.raises(data.DatasetError, match=r"classes \(3, 4\) must be distinct labels of toy, from 0 to 3"):
     data.subset(whole, classes=(3, 4))

@@ -1,12 +1,15 @@
-"""cnnjax.draw: the figures' data against the papers' tables (not pixels), and the files the command writes."""
+"""cnnjax.diagram and cnnjax.draw: the figures' data against the papers' tables (not pixels), and the files the
+command writes."""
+
 import json
 import subprocess
 import sys
 
 import pytest
 
-from cnnjax.draw import figure_data, totals
-from test_main import ROOT
+from cnnjax.diagram import figure_data, totals
+
+from helpers import ROOT
 
 
 def test_fig3_columns_have_the_papers_layers_and_shortcuts():
@@ -20,7 +23,14 @@ def test_fig3_columns_have_the_papers_layers_and_shortcuts():
   assert labels[:3] == ["7x7 conv, 64, /2", "pool, /2", "3x3 conv, 64"] and labels[-2:] == ["avg pool", "fc 1000"]
   assert labels.count("3x3 conv, 128, /2") == 1 and labels.count("3x3 conv, 512") == 5
   # the output sizes down the column: 112, 56, 28, 14, 7, then vectors
-  assert list(dict.fromkeys(b["stage"] for b in resnet["boxes"])) == ["112x112", "56x56", "28x28", "14x14", "7x7", "vector"]
+  assert list(dict.fromkeys(b["stage"] for b in resnet["boxes"])) == [
+    "112x112",
+    "56x56",
+    "28x28",
+    "14x14",
+    "7x7",
+    "vector",
+  ]
   # every shortcut spans one block's two convolutions, and the dotted ones start the stages conv3_x..conv5_x
   dotted = [s for s in resnet["shortcuts"] if s["kind"] != "identity"]
   assert all(s["to"] - s["from"] == 1 for s in resnet["shortcuts"])
@@ -30,7 +40,13 @@ def test_fig3_columns_have_the_papers_layers_and_shortcuts():
 
 def test_options_and_cifar_nets_get_their_own_shortcuts():
   # CIFAR ResNet-20 (section 4.2): 19 conv + fc, option A: the two stage changes zero-pad, the other 7 are identities
-  assert totals(figure_data("resnet20")) == {"conv": 19, "fc": 1, "pool": 1, "shortcut:identity": 7, "shortcut:zero_pad": 2}
+  assert totals(figure_data("resnet20")) == {
+    "conv": 19,
+    "fc": 1,
+    "pool": 1,
+    "shortcut:identity": 7,
+    "shortcut:zero_pad": 2,
+  }
   assert totals(figure_data("resnet20", shortcut="C")) == {"conv": 19, "fc": 1, "pool": 1, "shortcut:projection": 9}
   assert "shortcut:identity" not in totals(figure_data("plain56"))
 
@@ -56,14 +72,22 @@ def test_googlenet_lenet_and_alexnet_are_drawn_as_their_papers_name_them():
   lenet = [b["label"] for b in figure_data("lenet5")["boxes"]]
   assert [label.split(":")[0] for label in lenet[:6]] == ["C1", "S2", "C3", "S4", "C5", "F6"] and lenet[-1] == "RBF 10"
   alexnet = [b["label"] for b in figure_data("alexnet")["boxes"]]  # the two towers: conv2, conv4, conv5 in 2 groups
-  assert [label for label in alexnet if "groups" in label] == ["5x5 conv, 256, 2 groups", "3x3 conv, 384, 2 groups",
-                                                               "3x3 conv, 256, 2 groups"]  # fmt: skip
+  assert [label for label in alexnet if "groups" in label] == [
+    "5x5 conv, 256, 2 groups",
+    "3x3 conv, 384, 2 groups",
+    "3x3 conv, 256, 2 groups",
+  ]
 
 
 @pytest.mark.parametrize("out", ["fig.png", "fig.svg", "fig.json"])
 def test_the_command_writes_each_format(tmp_path, out):
-  result = subprocess.run([sys.executable, "-m", "cnnjax.draw", "--model=resnet20,plain20", f"--out={tmp_path / out}"],
-                          capture_output=True, text=True, cwd=ROOT, check=False)  # fmt: skip
+  result = subprocess.run(
+    [sys.executable, "-m", "cnnjax.draw", "--model=resnet20,plain20", f"--out={tmp_path / out}"],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    check=False,
+  )
   assert result.returncode == 0, result.stderr
   written = (tmp_path / out).read_bytes()
   if out.endswith(".json"):
@@ -79,39 +103,57 @@ def test_the_command_writes_each_format(tmp_path, out):
 def test_the_cost_under_each_column_is_the_inference_cost(name):
   # the exact multiply-adds and parameters docs/reference.md gives (tests/test_model_sizes.py's tables): the
   # auxiliary heads, drawn beside GoogLeNet, are not counted, as at inference
-  from test_model_sizes import MACS, PARAMS
+  from paper_counts import MACS, PARAMS
 
   data = figure_data(name)
   assert (data["macs"], data["params"]) == (MACS[name], PARAMS[name])
 
 
 def test_the_inception_module_naive_and_reduced_with_each_branchs_cost():
-  from cnnjax.draw import block_panels
+  from cnnjax.diagram import block_panels
 
   naive, reduced = block_panels("googlenet", "inception_3a")
   # by hand, on 3a's 28x28x192 input (Table 1: 64 | 96 -> 128 | 16 -> 32 | pool -> 32), per output pixel:
   # naive 192 * (64 + 9*128 + 25*32); reduced 192 * (64 + 96 + 16 + 32) + 9*96*128 + 25*16*32
   assert naive["macs"] == 28 * 28 * 192 * (64 + 9 * 128 + 25 * 32) == 303_464_448
   assert reduced["macs"] == 28 * 28 * (192 * (64 + 96 + 16 + 32) + 9 * 96 * 128 + 25 * 16 * 32) == 128_049_152
-  assert [n["label"] for n in reduced["nodes"]] == ["1x1 conv, 64", "1x1 conv, 96", "3x3 conv, 128", "1x1 conv, 16",
-                                                    "5x5 conv, 32", "3x3 max pool", "1x1 conv, 32"]  # fmt: skip
+  assert [n["label"] for n in reduced["nodes"]] == [
+    "1x1 conv, 64",
+    "1x1 conv, 96",
+    "3x3 conv, 128",
+    "1x1 conv, 16",
+    "5x5 conv, 32",
+    "3x3 max pool",
+    "1x1 conv, 32",
+  ]
   # the dataflow: each reduction feeds its convolution, the pool its projection, the rest read the module's input
   assert [n["inputs"] for n in reduced["nodes"]] == [[-1], [-1], [1], [-1], [3], [-1], [5]]
   assert naive["output_shape"][-1] == 64 + 128 + 32 + 192 and reduced["output_shape"][-1] == 256  # the naive one widens
 
 
 def test_the_basic_block_and_the_bottleneck_with_their_shortcuts(tmp_path):
-  from cnnjax.draw import block_data
+  from cnnjax.diagram import block_data
 
   basic = block_data("resnet34", "conv2_2")
-  assert [n["label"] for n in basic["nodes"]] == ["3x3 conv, 64", "3x3 conv, 64"] and basic["input_shape"] == basic["output_shape"]
+  assert [n["label"] for n in basic["nodes"]] == ["3x3 conv, 64", "3x3 conv, 64"] and basic["input_shape"] == basic[
+    "output_shape"
+  ]
   bottleneck = block_data("resnet50", "conv3_1")  # Fig. 5: 1x1 reduces, 3x3, 1x1 restores; a projection where it halves
-  assert [n["label"] for n in bottleneck["nodes"]] == ["1x1 conv, 128, /2", "3x3 conv, 128", "1x1 conv, 512",
-                                                       "shortcut: 1x1 conv, 512, /2"]  # fmt: skip
+  assert [n["label"] for n in bottleneck["nodes"]] == [
+    "1x1 conv, 128, /2",
+    "3x3 conv, 128",
+    "1x1 conv, 512",
+    "shortcut: 1x1 conv, 512, /2",
+  ]
   assert [n["inputs"] for n in bottleneck["nodes"]] == [[-1], [0], [1], [-1]]
   with pytest.raises(ValueError, match="resnet34 has no layer 'conv9_1'; its layers: conv1, conv2_1"):
     block_data("resnet34", "conv9_1")
-  result = subprocess.run([sys.executable, "-m", "cnnjax.draw", "--model=googlenet", "--block=inception_3a",
-                           f"--out={tmp_path / 'b.png'}"], capture_output=True, text=True, cwd=ROOT, check=False)  # fmt: skip
+  result = subprocess.run(
+    [sys.executable, "-m", "cnnjax.draw", "--model=googlenet", "--block=inception_3a", f"--out={tmp_path / 'b.png'}"],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    check=False,
+  )
   assert result.returncode == 0 and "2.37x the multiply-adds of the reduced one" in result.stdout, result.stderr
   assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"

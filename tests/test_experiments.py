@@ -1,4 +1,5 @@
 """The lecture's experiment commands end to end at a tiny size (shallow nets, a few steps)."""
+
 import json
 import subprocess
 import sys
@@ -9,16 +10,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import write_images
 
 from cnnjax import models, train
 from cnnjax.experiments import auxiliary, cost, degradation, transfer
-from conftest import write_images
 
 
 def test_degradation_uses_the_papers_recipe_on_cifar10_and_a_short_one_offline():
   paper = degradation.run_config(56, residual=False, dataset="cifar10", seed=2)
   assert (paper.model, paper.dataset, paper.batch_size, paper.learning_rate) == ("cifar_plain56", "cifar10", 128, 0.1)
-  assert (paper.num_steps, tuple(paper.lr_decay_steps), paper.weight_decay, paper.seed) == (64_000, (32_000, 48_000), 1e-4, 2)
+  assert (paper.num_steps, tuple(paper.lr_decay_steps), paper.weight_decay, paper.seed) == (
+    64_000,
+    (32_000, 48_000),
+    1e-4,
+    2,
+  )
   offline = degradation.run_config(20, residual=True, dataset="digits")
   assert (offline.model, offline.dataset, offline.image_size) == ("cifar_resnet20", "digits", 16)
 
@@ -32,7 +38,9 @@ def test_degradation_trains_every_net_once_and_writes_its_figure_and_table(local
     summary = json.loads((tmp_path / r["run"] / "summary.json").read_text())
     assert r["step"] == 3 and r["test_error"] == pytest.approx(100 * (1 - summary["eval_accuracy"]))
   assert json.loads((tmp_path / "degradation.json").read_text()) == rows
-  assert (tmp_path / "degradation.csv").read_text().splitlines()[0] == "run,net,depth,residual,seed,step,train_error,test_error"
+  assert (tmp_path / "degradation.csv").read_text().splitlines()[
+    0
+  ] == "run,net,depth,residual,seed,step,train_error,test_error"
   assert (tmp_path / "degradation.png").read_bytes()[:4] == b"\x89PNG"
   capsys.readouterr()
   assert degradation.run("cifar10", [8], str(tmp_path), **tiny) == rows  # rerun: nothing retrained
@@ -65,14 +73,22 @@ def test_auxiliary_heads_add_gradient_to_the_lower_layers(tmp_path):
   # programs are what cost here, and a test split of 4 images keeps its evaluations short
   write_images(tmp_path / "images", {"train/cat": 5, "train/dog": 5, "test/cat": 2, "test/dog": 2})
   # two steps: the first one's learning rate is 0 (the start of the linear warm-up)
-  tiny = {"dataset": f"imagefolder:{tmp_path / 'images'}", "num_steps": 2, "log_every_steps": 1, "eval_every_steps": 2,
-          "batch_size": 8}  # fmt: skip
+  tiny = {
+    "dataset": f"imagefolder:{tmp_path / 'images'}",
+    "num_steps": 2,
+    "log_every_steps": 1,
+    "eval_every_steps": 2,
+    "batch_size": 8,
+  }
   results = {r["run"]: r for r in auxiliary.run(str(tmp_path / "w"), **tiny)}
   assert list(results) == ["with_aux-s0", "without_aux-s0"]
   with_aux, without = results["with_aux-s0"], results["without_aux-s0"]
   stages = [p["stage"] for p in with_aux["gradients_at_init"]]
   assert stages[:3] == ["conv1", "conv2_reduce", "conv2"] and stages[-1] == "fc" and "aux_4a" not in stages
-  at_init = {p["stage"]: (p["grad_norm"], q["grad_norm"]) for p, q in zip(with_aux["gradients_at_init"], without["gradients_at_init"])}
+  at_init = {
+    p["stage"]: (p["grad_norm"], q["grad_norm"])
+    for p, q in zip(with_aux["gradients_at_init"], without["gradients_at_init"])
+  }
   # same parameters on the main path, so above the heads (4e on) the gradients agree; below, the heads add theirs
   for stage in ("inception_4e", "inception_5a", "inception_5b", "fc"):
     assert at_init[stage][0] == pytest.approx(at_init[stage][1], rel=1e-4)
@@ -81,7 +97,12 @@ def test_auxiliary_heads_add_gradient_to_the_lower_layers(tmp_path):
   assert all(r["step"] == 2 for r in results.values())
   assert results["with_aux-s0"]["gradients_at_end"] != results["with_aux-s0"]["gradients_at_init"]  # it trained
   assert (tmp_path / "w" / "auxiliary.png").read_bytes()[:4] == b"\x89PNG"
-  assert (tmp_path / "w" / "auxiliary.csv").read_text().splitlines()[0].startswith("run,aux_heads,seed,step,train_error,test_error")
+  assert (
+    (tmp_path / "w" / "auxiliary.csv")
+    .read_text()
+    .splitlines()[0]
+    .startswith("run,aux_heads,seed,step,train_error,test_error")
+  )
 
 
 def test_the_auxiliary_losses_weigh_0_3_each_and_read_inception_4a_and_4d():
@@ -94,7 +115,9 @@ def test_the_auxiliary_losses_weigh_0_3_each_and_read_inception_4a_and_4d():
   labels = jnp.array([0, 1, 1, 0])
   variables = train.init_variables(jax.random.key(1), model, train.input_shape(config))
   state = train.TrainState.create(apply_fn=model.apply, params=variables["params"], batch_stats={}, tx=optax.sgd(0.1))
-  step_config = train.StepConfig(model=model, learning_rate_fn=lambda step: 0.1, mean=(0.0,) * 3, std=(1.0,) * 3, aux_loss_weight=0.3)
+  step_config = train.StepConfig(
+    model=model, learning_rate_fn=lambda step: 0.1, mean=(0.0,) * 3, std=(1.0,) * 3, aux_loss_weight=0.3
+  )
 
   @jax.jit
   def objective_and_inputs(params):
@@ -124,23 +147,40 @@ def test_the_auxiliary_losses_weigh_0_3_each_and_read_inception_4a_and_4d():
 
 
 def test_a_bad_list_flag_is_one_clear_line_and_a_non_zero_exit():
-  result = subprocess.run([sys.executable, "-m", "cnnjax.experiments.degradation", "--depths=20,x"],
-                          capture_output=True, text=True, check=False)  # fmt: skip
+  result = subprocess.run(
+    [sys.executable, "-m", "cnnjax.experiments.degradation", "--depths=20,x"],
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   assert result.returncode != 0 and "--depths takes comma-separated integers" in result.stderr
   assert "Traceback" not in result.stderr
 
 
 def test_transfer_pretrains_once_and_trains_each_way_from_its_start(tfds_dir, tmp_path, capsys):
-  tiny = {"data_dir": tfds_dir, "num_epochs": 0, "num_steps": 2, "log_every_steps": 1, "eval_every_steps": 2,
-          "batch_size": 16}  # (the recipe's 50 does not split over the suite's 8 devices) # fmt: skip
+  tiny = {
+    "data_dir": tfds_dir,
+    "num_epochs": 0,
+    "num_steps": 2,
+    "log_every_steps": 1,
+    "eval_every_steps": 2,
+    "batch_size": 16,
+  }  # (the recipe's 50 does not split over the suite's 8 devices)
   rows = transfer.run(str(tmp_path), seeds=(0,), **tiny)
   assert [r["run"] for r in rows] == ["source", "finetune-s0", "probe-s0", "scratch-s0"]
   out = capsys.readouterr().out
   # the pretrained head knew digits 0-4: digits 5-9 get a head of their own (as many classes, other ones)
   assert out.count(f"note: started from {tmp_path / 'source'}; new output for 5 classes of digits") == 2
   source, probe = (json.loads((tmp_path / r / "config.json").read_text()) for r in ("source", "probe-s0"))
-  assert (source["classes"], source["shots"], probe["classes"], probe["shots"]) == ([0, 1, 2, 3, 4], 0, [5, 6, 7, 8, 9], 10)
+  assert (source["classes"], source["shots"], probe["classes"], probe["shots"]) == (
+    [0, 1, 2, 3, 4],
+    0,
+    [5, 6, 7, 8, 9],
+    10,
+  )
   assert probe["trainable"] == "head" and probe["init_from"] == str(tmp_path / "source")
-  assert (tmp_path / "transfer.csv").read_text().splitlines()[0] == "run,way,seed,step,train_error,test_error,test_error_at_10"
+  assert (tmp_path / "transfer.csv").read_text().splitlines()[
+    0
+  ] == "run,way,seed,step,train_error,test_error,test_error_at_10"
   assert "| from scratch | 1 |" in transfer.summary_table(rows)
   assert (tmp_path / "transfer.png").read_bytes()[:4] == b"\x89PNG"

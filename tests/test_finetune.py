@@ -1,5 +1,6 @@
 """Fine-tuning: init_from (a cnnjax workdir here; torchvision files go through test_pretrained's loader) and
 trainable='head', on tiny CIFAR ResNets (BatchNorm, so frozen statistics are checked too) and fake data."""
+
 import jax
 import numpy as np
 import pytest
@@ -13,7 +14,9 @@ def tiny(dataset: str, **fields):
   config = config_lib.load("cifar_resnet", "20,local")
   config.model_options.widths = (4, 8, 8)
   config.model_options.stage_sizes = (1, 1, 1)
-  config.update(dataset=dataset, num_steps=3, num_epochs=0, batch_size=16, log_every_steps=1, eval_every_steps=3, **fields)
+  config.update(
+    dataset=dataset, num_steps=3, num_epochs=0, batch_size=16, log_every_steps=1, eval_every_steps=3, **fields
+  )
   return config
 
 
@@ -23,7 +26,9 @@ def saved(workdir, step):
 
 
 def flat(tree):
-  return {"/".join(p.key for p in path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {
+    "/".join(p.key for p in path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
 
 
 def test_a_new_head_on_a_frozen_pretrained_body(tmp_path, capsys):
@@ -32,8 +37,10 @@ def test_a_new_head_on_a_frozen_pretrained_body(tmp_path, capsys):
   source = flat(saved(pretrain, 3))
   # another task (5 classes), only the head trains: the body must stay exactly the pretrained one
   probe = tmp_path / "probe"
-  train.train_and_evaluate(tiny("fake:32x32x3:5", init_from=str(pretrain), trainable="head", learning_rate=0.5,
-                                checkpoint_every_steps=1), str(probe))
+  train.train_and_evaluate(
+    tiny("fake:32x32x3:5", init_from=str(pretrain), trainable="head", learning_rate=0.5, checkpoint_every_steps=1),
+    str(probe),
+  )
   assert f"note: started from {pretrain}; new fc for 5 classes of fake:32x32x3:5" in capsys.readouterr().out
   after = flat(saved(probe, 3))
   body = [k for k in after if not k.startswith("params/fc/")]
@@ -60,7 +67,9 @@ def test_a_resumed_run_keeps_its_own_weights_not_init_froms(tmp_path, capsys):
 
 
 def test_merge_takes_every_tensor_but_the_new_heads_and_refuses_another_architecture():
-  fresh = {"params": {"conv": {"kernel": np.zeros((3, 3, 3, 8), np.float32)}, "fc": {"kernel": np.zeros((8, 5), np.float32)}}}
+  fresh = {
+    "params": {"conv": {"kernel": np.zeros((3, 3, 3, 8), np.float32)}, "fc": {"kernel": np.zeros((8, 5), np.float32)}}
+  }
   source = {"params": {"conv": {"kernel": np.ones((3, 3, 3, 8))}, "fc": {"kernel": np.ones((8, 10))}}}
   merged = merge(fresh, source, new_head=("fc",))
   assert np.all(merged["params"]["conv"]["kernel"] == 1) and np.all(merged["params"]["fc"]["kernel"] == 0)

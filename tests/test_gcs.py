@@ -1,6 +1,7 @@
 """gs:// workdirs and data directories end to end, against a real GCS JSON API server on 127.0.0.1 (the `gcs`
 fixture: gcp-storage-emulator in memory, with GCS's conditional writes and a read-only bucket added as a test
 double, see tests/gcs_server.py). Every output is listed through the storage client, not through cnnjax."""
+
 import json
 import os
 import pathlib
@@ -14,18 +15,24 @@ import time
 import numpy as np
 import pytest
 from etils import epath
-from test_main import _interrupt, _leaves, run
-from test_sweep import run_sweep
 
 from cnnjax import checkpoint, cloud, data
 from cnnjax import workdir as workdir_lib
 
-LENET = ["--config=configs/lenet5.py", "--config.batch_size=16", "--config.num_steps=12", "--config.checkpoint_every_steps=4",
-         "--config.log_every_steps=2", "--config.eval_every_steps=12"]  # fmt: skip
+from helpers import interrupt, leaves, run, run_sweep
+
+LENET = [
+  "--config=configs/lenet5.py",
+  "--config.batch_size=16",
+  "--config.num_steps=12",
+  "--config.checkpoint_every_steps=4",
+  "--config.log_every_steps=2",
+  "--config.eval_every_steps=12",
+]
 
 
 def _params(workdir: str, step: int) -> list[np.ndarray]:
-  return list(_leaves(checkpoint.read_state(f"{workdir}/checkpoints/{step}/state")["params"]))
+  return list(leaves(checkpoint.read_state(f"{workdir}/checkpoints/{step}/state")["params"]))
 
 
 def test_a_run_in_a_bucket_writes_everything_there_and_a_killed_run_resumes_bit_identical(gcs, tfds_dir):
@@ -43,12 +50,14 @@ def test_a_run_in_a_bucket_writes_everything_there_and_a_killed_run_resumes_bit_
   assert [line["step"] for line in lines if "train_loss" in line] == [2, 4, 6, 8, 10, 12]
 
   # killed at step 10: the save of step 4 has finished (a save waits for the one before), step 8's may not have
-  killed = _interrupt(args, f"{bucket}/killed", 10, [signal.SIGKILL], subprocess.DEVNULL)
+  killed = interrupt(args, f"{bucket}/killed", 10, [signal.SIGKILL], subprocess.DEVNULL)
   assert killed.returncode == -9
   assert "owner.json" in gcs.objects(f"{bucket}/killed")  # the dead run's claim, taken over by the rerun
   resumed = run(*args, f"--workdir={bucket}/killed")
   assert resumed.returncode == 0, resumed.stderr
-  assert re.search(r"resumed at step [48]\b", resumed.stdout) and "its process no longer exists" in resumed.stdout, resumed.stdout
+  assert re.search(r"resumed at step [48]\b", resumed.stdout) and "its process no longer exists" in resumed.stdout, (
+    resumed.stdout
+  )
   for a, b in zip(_params(f"{bucket}/straight", 12), _params(f"{bucket}/killed", 12), strict=True):
     np.testing.assert_array_equal(a, b)
 
@@ -77,9 +86,17 @@ def test_a_tfds_dataset_in_a_bucket_is_read_from_one_local_copy(gcs, local_cifar
   assert before and before == {f: f.stat().st_mtime_ns for f in (tmp_path / "cache").rglob("*.array_record*")}
 
   # and a run trains on it through cnnjax.main (the command's cache is its own XDG cache)
-  trained = run("--config=configs/lenet5.py", "--config.dataset=cifar10", "--config.channels=3", "--config.num_steps=2",
-                "--config.batch_size=8", "--config.eval_every_steps=2", f"--config.data_dir={bucket}/tfds",
-                f"--workdir={tmp_path / 'run'}", env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")})  # fmt: skip
+  trained = run(
+    "--config=configs/lenet5.py",
+    "--config.dataset=cifar10",
+    "--config.channels=3",
+    "--config.num_steps=2",
+    "--config.batch_size=8",
+    "--config.eval_every_steps=2",
+    f"--config.data_dir={bucket}/tfds",
+    f"--workdir={tmp_path / 'run'}",
+    env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")},
+  )
   assert trained.returncode == 0, trained.stderr
   assert "done: final step 2" in trained.stdout and "array_record reads local files only" in trained.stdout
 
@@ -124,27 +141,56 @@ def test_one_run_per_bucket_workdir_and_a_stale_claim_is_taken_over(gcs, monkeyp
   while winners[0].lost is None and time.time() < deadline:
     winners[0]._stop.wait(0.05)
   winners[0].release()
-  with pytest.raises(workdir_lib.WorkdirBusy, match="no longer this run's: another run took it over: process 4242 on host tpu-vm-7"):
+  with pytest.raises(
+    workdir_lib.WorkdirBusy, match="no longer this run's: another run took it over: process 4242 on host tpu-vm-7"
+  ):
     winners[0].check()
 
 
-@pytest.mark.parametrize("case,bucket,verb,cause", [
-    ("missing", "no-such-bucket", "write", "no such bucket (make one: gcloud storage buckets create gs://NAME --location=REGION)"),
-    ("read-only", "read-only-bucket", "write", "Permission denied (the account needs roles/storage.objectAdmin on the bucket)"),
-    ("no credentials", "cnnjax-runs", "read",
-     "no Google Cloud credentials (on a laptop run `gcloud auth application-default login`; a TPU VM uses its service account)"),
-])  # fmt: skip
-def test_a_bucket_that_is_missing_or_not_writable_or_no_credentials_stop_the_run_in_one_line(gcs, tfds_dir, tmp_path, case, bucket, verb, cause):
+@pytest.mark.parametrize(
+  "case,bucket,verb,cause",
+  [
+    (
+      "missing",
+      "no-such-bucket",
+      "write",
+      "no such bucket (make one: gcloud storage buckets create gs://NAME --location=REGION)",
+    ),
+    (
+      "read-only",
+      "read-only-bucket",
+      "write",
+      "Permission denied (the account needs roles/storage.objectAdmin on the bucket)",
+    ),
+    (
+      "no credentials",
+      "cnnjax-runs",
+      "read",
+      "no Google Cloud credentials (on a laptop run `gcloud auth application-default login`; a TPU VM uses its "
+      "service account)",
+    ),
+  ],
+)
+def test_a_bucket_that_is_missing_or_not_writable_or_no_credentials_stop_the_run_in_one_line(
+  gcs, tfds_dir, tmp_path, case, bucket, verb, cause
+):
   if case != "missing":
     gcs.bucket(bucket)
   env = dict(os.environ)
   if case == "no credentials":  # the real GCS, and nowhere credentials could come from
-    for key in ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL", "GOOGLE_AUTH_TOKEN_FOR_TESTING", "GOOGLE_APPLICATION_CREDENTIALS"):
+    for key in (
+      "STORAGE_EMULATOR_HOST",
+      "TENSORSTORE_GCS_HTTP_URL",
+      "GOOGLE_AUTH_TOKEN_FOR_TESTING",
+      "GOOGLE_APPLICATION_CREDENTIALS",
+    ):
       env.pop(key, None)
     env["CLOUDSDK_CONFIG"] = str(tmp_path / "gcloud")  # no `gcloud auth application-default login` there
   result = run(*LENET, f"--config.data_dir={tfds_dir}", f"--workdir=gs://{bucket}/run", env=env)
   assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
-  assert result.stderr.strip().splitlines() == [f"error: cannot {verb} gs://{bucket}/run/owner.json: {cause}."], result.stderr
+  assert result.stderr.strip().splitlines() == [f"error: cannot {verb} gs://{bucket}/run/owner.json: {cause}."], (
+    result.stderr
+  )
   assert "step 1/" not in result.stdout  # before any training step
   assert gcs.client.lookup_bucket("no-such-bucket") is None  # and never made one
 
@@ -159,12 +205,12 @@ def test_cloud_errors_name_their_cause():
   assert workdir_lib.storage_reason(ValueError("a bug")) is None
 
 
-ONE_RUN = '''from cnnjax.sweep import grid
+ONE_RUN = """from cnnjax.sweep import grid
 
 
 def get_sweep():
   return grid(config=["configs/lenet5.py"], num_steps=[2], log_every_steps=[1], eval_every_steps=[2])
-'''
+"""
 
 
 def test_a_sweep_in_a_bucket_logs_and_summarises_there(gcs, tfds_dir, tmp_path):

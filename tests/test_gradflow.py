@@ -1,4 +1,5 @@
 """Gradient flow: the lecture's 0.01^n argument as properties, and `python -m cnnjax.gradflow` end to end."""
+
 import functools
 import json
 
@@ -9,10 +10,11 @@ import pytest
 from flax import linen as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_train import load_config
 
 from cnnjax import complexity, gradflow, models
 from cnnjax.models import blocks, layers
+
+from helpers import load_config
 
 
 @settings(max_examples=15)
@@ -56,7 +58,7 @@ def _gradflow(tfds_dir, tmp_path, depth, *, steps=(0,), **options):
 def test_sigmoid_plain_net_loses_its_gradient_and_preactivation_keeps_it(tfds_dir, tmp_path):
   plain = _gradflow(tfds_dir, tmp_path / "plain", "14,plain", activation="sigmoid", norm="none")
   layers = plain["layers"]
-  assert [l["depth"] for l in layers] == list(range(1, 15)) and layers[-1]["name"] == "fc"
+  assert [layer["depth"] for layer in layers] == list(range(1, 15)) and layers[-1]["name"] == "fc"
   assert layers[0]["grad_norm"] < 1e-4 * layers[-2]["grad_norm"]  # geometric decay over 13 sigmoid layers
   pre = _gradflow(tfds_dir, tmp_path / "pre", "14", activation="sigmoid", norm="none", preactivation=True)
   assert pre["layers"][0]["grad_norm"] > 1e-2 * pre["layers"][-2]["grad_norm"]
@@ -66,8 +68,10 @@ def test_sigmoid_plain_net_loses_its_gradient_and_preactivation_keeps_it(tfds_di
 
 def test_layers_come_in_the_order_they_run_not_in_name_order():
   # JAX hands parameter dicts back sorted by name: conv2_10 before conv2_2, GoogLeNet's fc before inception_3a
-  for name, shape, before, after in [("cifar_resnet62", (16, 16, 3), "conv2_2/conv1/conv", "conv2_10/conv1/conv"),
-                                     ("googlenet", (32, 32, 3), "conv2_reduce/conv", "conv2/conv")]:  # fmt: skip
+  for name, shape, before, after in [
+    ("cifar_resnet62", (16, 16, 3), "conv2_2/conv1/conv", "conv2_10/conv1/conv"),
+    ("googlenet", (32, 32, 3), "conv2_reduce/conv", "conv2/conv"),
+  ]:
     model = models.create(name, num_classes=10)
     images = jnp.zeros((1, *shape))
     variables = jax.eval_shape(lambda m=model, x=images: m.init({"params": jax.random.key(0)}, x, train=True))
@@ -80,7 +84,7 @@ def test_measures_at_each_requested_step(tfds_dir, tmp_path):
   report = _gradflow(tfds_dir, tmp_path, "8", steps=(0, 3))
   assert [r["step"] for r in report["steps"]] == [0, 3]
   assert report["steps"][0]["layers"] == report["layers"]
-  before, after = (np.array([l["grad_norm"] for l in r["layers"]]) for r in report["steps"])
+  before, after = (np.array([layer["grad_norm"] for layer in r["layers"]]) for r in report["steps"])
   assert np.all(np.isfinite(after)) and not np.allclose(before, after)
   names = [a["name"] for a in report["steps"][0]["activations"]]
   assert names[0] == "conv1" and "pre_logits" in names

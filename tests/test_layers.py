@@ -1,15 +1,17 @@
 """Property tests on the parameter-free layers: pooling arithmetic, max-pool, adaptive pooling, LRN."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jax import lax
 
 from cnnjax.models.layers import adaptive_avg_pool, local_response_norm, max_pool, output_size
 
-geometry = st.tuples(
-    st.integers(1, 40), st.integers(1, 7), st.integers(1, 4), st.integers(0, 3)
-).filter(lambda g: g[3] <= g[1] // 2 and g[0] + 2 * g[3] >= g[1])  # PyTorch: pad <= window/2, window fits
+geometry = st.tuples(st.integers(1, 40), st.integers(1, 7), st.integers(1, 4), st.integers(0, 3)).filter(
+  lambda g: g[3] <= g[1] // 2 and g[0] + 2 * g[3] >= g[1]
+)  # PyTorch: pad <= window/2, window fits
 
 
 @given(geometry)
@@ -17,7 +19,11 @@ def test_floor_size_matches_xla_convolution(g):
   n, k, s, p = g
   x = jnp.zeros((1, n, 1, 1))
   w = jnp.zeros((k, 1, 1, 1))
-  y = jax.eval_shape(lambda x, w: lax.conv_general_dilated(x, w, (s, 1), ((p, p), (0, 0)), dimension_numbers=("NHWC", "HWIO", "NHWC")), x, w)
+  y = jax.eval_shape(
+    lambda x, w: lax.conv_general_dilated(x, w, (s, 1), ((p, p), (0, 0)), dimension_numbers=("NHWC", "HWIO", "NHWC")),
+    x,
+    w,
+  )
   assert output_size(n, k, s, p) == y.shape[1]
 
 
@@ -46,7 +52,7 @@ def _reference_max_pool(x, k, s, p, out):
   for i in range(out):
     for j in range(out):
       r0, c0 = i * s - p, j * s - p
-      res[i, j] = x[max(r0, 0):min(r0 + k, n), max(c0, 0):min(c0 + k, n)].max()
+      res[i, j] = x[max(r0, 0) : min(r0 + k, n), max(c0, 0) : min(c0 + k, n)].max()
   return res
 
 
@@ -87,11 +93,13 @@ def test_adaptive_pool_windows_follow_pytorch():
 def test_lrn_by_hand():
   # one channel: b = a / (k + alpha a^2)^beta
   a = 3.0
-  np.testing.assert_allclose(local_response_norm(jnp.full((1, 1, 1, 1), a))[0, 0, 0, 0], a / (2 + 1e-4 * 9) ** 0.75, rtol=1e-6)
+  np.testing.assert_allclose(
+    local_response_norm(jnp.full((1, 1, 1, 1), a))[0, 0, 0, 0], a / (2 + 1e-4 * 9) ** 0.75, rtol=1e-6
+  )
   # channel i sums squares over channels i-2..i+2 (size 5), alpha not divided by the size
   x = jnp.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).reshape(1, 1, 1, 6)
   squares = np.array([1, 4, 9, 16, 25, 36.0])
-  sums = [squares[max(i - 2, 0):i + 3].sum() for i in range(6)]
+  sums = [squares[max(i - 2, 0) : i + 3].sum() for i in range(6)]
   expected = np.arange(1.0, 7.0) / (2 + 1e-4 * np.array(sums)) ** 0.75
   np.testing.assert_allclose(local_response_norm(x)[0, 0, 0], expected, rtol=1e-6)
 

@@ -1,9 +1,8 @@
 """`python -m cnnjax.main` as a user runs it: the quickstart; stops (SIGKILL, SIGTERM, Ctrl-C) and resumes; one run per
 workdir; full and read-only disks; bad input."""
-import contextlib
+
 import json
 import os
-import pathlib
 import signal
 import subprocess
 import sys
@@ -15,15 +14,7 @@ import pytest
 from cnnjax import checkpoint, metrics
 from cnnjax import config as config_lib
 
-ROOT = pathlib.Path(__file__).parent.parent  # config paths are relative to the repository root
-
-
-def main(*args):
-  return [sys.executable, "-m", "cnnjax.main", *args]
-
-
-def run(*args, timeout=300, env=None):
-  return subprocess.run(main(*args), capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+from helpers import ROOT, interrupt, leaves, main, run
 
 
 def _cache_entries(folder) -> dict:
@@ -39,8 +30,8 @@ def test_quickstart_end_to_end(tfds_dir, tmp_path):
   assert result.returncode == 0, result.stderr
   assert "done: final step 92, test accuracy" in result.stdout
   lines = metrics.read_metrics(workdir / "metrics.jsonl")
-  train_lines = [l for l in lines if "train_loss" in l]
-  eval_lines = [l for l in lines if "eval_loss" in l]
+  train_lines = [line for line in lines if "train_loss" in line]
+  eval_lines = [line for line in lines if "eval_loss" in line]
   assert {"step", "epoch", "train_loss", "train_accuracy", "learning_rate", "img_per_s"} <= set(train_lines[0])
   assert {"step", "epoch", "eval_loss", "eval_accuracy"} <= set(eval_lines[0]) and len(eval_lines) == 2
   assert eval_lines[-1]["eval_accuracy"] > 0.85 and train_lines[-1]["train_loss"] < train_lines[0]["train_loss"]
@@ -63,47 +54,28 @@ def _final_params(workdir, step):
   return checkpoint.read_state(workdir / "checkpoints" / str(step) / "state")["params"]
 
 
-def _leaves(tree):
-  if isinstance(tree, dict):
-    for key in sorted(tree):
-      yield from _leaves(tree[key])
-  else:
-    yield np.asarray(tree)
-
-
 # A small net with BatchNorm and dropout (VGG-11 with BN, thin), so a resume must restore the BatchNorm statistics
 # and reproduce the dropout masks to end bit for bit where an uninterrupted run ends.
-TINY_VGG = ["--config=configs/vgg.py:11,bn,local", "--config.model_options.widths=4,4,8,8,8",
-            "--config.model_options.fc_width=16", "--config.image_size=16", "--config.batch_size=16"]  # fmt: skip
-
-
-def _interrupt(args, workdir, at_step: int, signals, log) -> subprocess.Popen:
-  """Run cnnjax.main until it logs `at_step`, then send `signals` (one after another); returns the ended process.
-
-  Its stderr goes to the file `log` (a path; or subprocess.DEVNULL). A second signal is sent once the run has
-  said it is stopping, so that it arrives while the first is handled (two sent together would merge into one)."""
-  stopping = lambda: pathlib.Path(log).read_text().count("stopping after this step")
-  with contextlib.ExitStack() as stack:
-    err = log if log is subprocess.DEVNULL else stack.enter_context(open(log, "a"))
-    process = subprocess.Popen(main(*args, f"--workdir={workdir}"), stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT)
-    for line in process.stdout:
-      if line.startswith(f"step {at_step}/"):
-        for i, signum in enumerate(signals):
-          before = stopping() if i + 1 < len(signals) else None
-          process.send_signal(signum)
-          deadline = time.time() + 10
-          while before is not None and stopping() == before and time.time() < deadline:
-            time.sleep(0.001)
-        break
-    process.communicate(timeout=120)
-  return process
+TINY_VGG = [
+  "--config=configs/vgg.py:11,bn,local",
+  "--config.model_options.widths=4,4,8,8,8",
+  "--config.model_options.fc_width=16",
+  "--config.image_size=16",
+  "--config.batch_size=16",
+]
 
 
 def test_runs_stopped_or_killed_at_random_points_resume_to_bit_identical_parameters(tfds_dir, tmp_path):
   """SIGKILL, SIGTERM, Ctrl-C and a double Ctrl-C, each at a random step, each followed by the same command:
   the run ends with the parameters and BatchNorm statistics of a run that was never interrupted."""
-  args = [*TINY_VGG, f"--config.data_dir={tfds_dir}", "--config.num_steps=40", "--config.checkpoint_every_steps=4",
-          "--config.log_every_steps=1", "--config.eval_every_steps=1000"]  # fmt: skip
+  args = [
+    *TINY_VGG,
+    f"--config.data_dir={tfds_dir}",
+    "--config.num_steps=40",
+    "--config.checkpoint_every_steps=4",
+    "--config.log_every_steps=1",
+    "--config.eval_every_steps=1000",
+  ]
   straight = run(*args, f"--workdir={tmp_path / 'straight'}")
   assert straight.returncode == 0, straight.stderr
   rng = np.random.default_rng(int(time.time()))
@@ -115,7 +87,7 @@ def test_runs_stopped_or_killed_at_random_points_resume_to_bit_identical_paramet
   for at_step, signals in zip(cuts, events):
     if at_step <= done:  # the resumed run starts after its last checkpoint: interrupt it a step later
       at_step = done + 1
-    process = _interrupt(args, workdir, at_step, signals, log)
+    process = interrupt(args, workdir, at_step, signals, log)
     what = f"{'+'.join(s.name for s in signals)} at step {at_step} (steps {cuts})"
     expected = {signal.SIGKILL: -9, signal.SIGTERM: 143, signal.SIGINT: 130}[signals[0]]
     assert process.returncode == expected, what
@@ -128,18 +100,27 @@ def test_runs_stopped_or_killed_at_random_points_resume_to_bit_identical_paramet
   assert "stopped at once by a second Ctrl-C" in errors and "Traceback" not in errors, errors
   resumed = run(*args, f"--workdir={workdir}")
   assert resumed.returncode == 0, resumed.stderr
-  a, b = list(_leaves(_final_params(tmp_path / "straight", 40))), list(_leaves(_final_params(workdir, 40)))
-  stats = [checkpoint.read_state(w / "checkpoints" / "40" / "state")["batch_stats"] for w in (tmp_path / "straight", workdir)]
+  a, b = list(leaves(_final_params(tmp_path / "straight", 40))), list(leaves(_final_params(workdir, 40)))
+  stats = [
+    checkpoint.read_state(w / "checkpoints" / "40" / "state")["batch_stats"] for w in (tmp_path / "straight", workdir)
+  ]
   assert len(a) == len(b) == 38  # VGG-11: 8 convs with a bias and BatchNorm (4 tensors each), fc6-fc8 (2 each)
-  for x, y in zip(a + list(_leaves(stats[0])), b + list(_leaves(stats[1]))):
+  for x, y in zip(a + list(leaves(stats[0])), b + list(leaves(stats[1]))):
     np.testing.assert_array_equal(x, y)
 
 
 def test_a_second_run_on_a_workdir_is_refused_until_the_first_is_gone(tfds_dir, tmp_path):
-  args = ["--config=configs/lenet5.py", f"--config.data_dir={tfds_dir}", "--config.batch_size=16",
-          "--config.log_every_steps=2", "--config.eval_every_steps=100000", f"--workdir={tmp_path}"]  # fmt: skip
-  first = subprocess.Popen(main(*args, "--config.num_steps=100000"), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                           text=True, cwd=ROOT)  # fmt: skip
+  args = [
+    "--config=configs/lenet5.py",
+    f"--config.data_dir={tfds_dir}",
+    "--config.batch_size=16",
+    "--config.log_every_steps=2",
+    "--config.eval_every_steps=100000",
+    f"--workdir={tmp_path}",
+  ]
+  first = subprocess.Popen(
+    main(*args, "--config.num_steps=100000"), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT
+  )
   for line in first.stdout:
     if line.startswith("step "):
       break
@@ -167,11 +148,22 @@ def namespace_script(tmp_path, script: str) -> subprocess.CompletedProcess:
 def test_a_full_disk_stops_with_one_line_and_the_rerun_resumes_once_there_is_room(tfds_dir, tmp_path):
   disk, out = tmp_path / "disk", tmp_path / "out"
   disk.mkdir(), out.mkdir()
-  args = " ".join(["--config=configs/lenet5.py", f"--config.data_dir={tfds_dir}", "--config.num_steps=40",
-                   "--config.checkpoint_every_steps=8", "--config.keep_checkpoints=10", "--config.log_every_steps=8",
-                   f"--workdir={disk}/w"])  # fmt: skip
+  args = " ".join(
+    [
+      "--config=configs/lenet5.py",
+      f"--config.data_dir={tfds_dir}",
+      "--config.num_steps=40",
+      "--config.checkpoint_every_steps=8",
+      "--config.keep_checkpoints=10",
+      "--config.log_every_steps=8",
+      f"--workdir={disk}/w",
+    ]
+  )
+  read_only_args = args.replace(str(disk), str(tmp_path / "ro"))
   # a LeNet-5 checkpoint (parameters and momentum) takes about 0.5 MB: 1.3 MB hold two of them, not five
-  result = namespace_script(tmp_path, f"""
+  result = namespace_script(
+    tmp_path,
+    f"""
 mount -t tmpfs -o size=1300k tmpfs {disk}
 python -m cnnjax.main {args} > {out}/full.out 2> {out}/full.err; echo $? > {out}/full.rc
 ls {disk}/w/checkpoints > {out}/full.ls
@@ -179,34 +171,43 @@ mount -o remount,size=20m {disk}
 python -m cnnjax.main {args} > {out}/room.out 2> {out}/room.err; echo $? > {out}/room.rc
 ls {disk}/w/checkpoints > {out}/room.ls
 mkdir -p {tmp_path}/ro && mount -t tmpfs -o ro tmpfs {tmp_path}/ro
-python -m cnnjax.main {args.replace(str(disk), str(tmp_path / "ro"))} > {out}/ro.out 2> {out}/ro.err; echo $? > {out}/ro.rc
-""")
+python -m cnnjax.main {read_only_args} > {out}/ro.out 2> {out}/ro.err; echo $? > {out}/ro.rc
+""",
+  )
   assert result.returncode == 0, result.stderr
   read = lambda name: (out / name).read_text()
   error = read("full.err").strip()
   assert read("full.rc").strip() == "1" and len(error.splitlines()) == 1, error  # one line, no traceback
   saved = sorted(int(n) for n in read("full.ls").split() if n.isdigit())
-  assert error.startswith(f"error: cannot save the checkpoint of step {max(saved) + 8} in {disk}/w/checkpoints: "
-                          f"No space left on device. The last intact checkpoint is step {max(saved)} ({disk}/w/checkpoints/"
-                          f"{max(saved)}): free some space and rerun the same command to resume from it."), error  # fmt: skip
+  assert error.startswith(
+    f"error: cannot save the checkpoint of step {max(saved) + 8} in {disk}/w/checkpoints: "
+    f"No space left on device. The last intact checkpoint is step {max(saved)} ({disk}/w/checkpoints/"
+    f"{max(saved)}): free some space and rerun the same command to resume from it."
+  ), error
   assert any("orbax-checkpoint-tmp" in n for n in read("full.ls").split())  # the unfinished save's leftovers ...
   assert read("room.rc").strip() == "0", read("room.err")
   assert f"resumed at step {max(saved)}" in read("room.out") and "done: final step 40" in read("room.out")
   assert not any("tmp" in n for n in read("room.ls").split())  # ... are removed, never taken for a checkpoint
-  assert read("ro.rc").strip() == "1" and read("ro.err").strip() == f"error: cannot write {tmp_path}/ro/w: Read-only file system."
+  assert (
+    read("ro.rc").strip() == "1"
+    and read("ro.err").strip() == f"error: cannot write {tmp_path}/ro/w: Read-only file system."
+  )
 
 
 @pytest.mark.parametrize(
-    "args,message",
-    [
-        (["--config=configs/lenet5.py", "--config.batch_size=8", "--config.learning_rat=0.1"], "config.learning_rat is not a field"),
-        (["--config=configs/lenet5.py", "--config.batch_size=big"], "--config.batch_size=big: invalid literal"),
-        (["--config=configs/lenet5.py", "--config.model=lenet6"], "unknown model 'lenet6'"),
-        (["--config=configs/lenet5.py", "--config.dataset=cifar11"], "unknown dataset 'cifar11'"),
-        (["--config=configs/resnet.py:51"], "resnet config argument '51'"),
-        (["--config=configs/googlenet.py"], "--config=configs/googlenet.py:local"),  # after where and how to prepare it
-        (["--config=configs/resnet.py:50"], "--config=configs/resnet.py:50,local"),
-    ],
+  "args,message",
+  [
+    (
+      ["--config=configs/lenet5.py", "--config.batch_size=8", "--config.learning_rat=0.1"],
+      "config.learning_rat is not a field",
+    ),
+    (["--config=configs/lenet5.py", "--config.batch_size=big"], "--config.batch_size=big: invalid literal"),
+    (["--config=configs/lenet5.py", "--config.model=lenet6"], "unknown model 'lenet6'"),
+    (["--config=configs/lenet5.py", "--config.dataset=cifar11"], "unknown dataset 'cifar11'"),
+    (["--config=configs/resnet.py:51"], "resnet config argument '51'"),
+    (["--config=configs/googlenet.py"], "--config=configs/googlenet.py:local"),  # after where and how to prepare it
+    (["--config=configs/resnet.py:50"], "--config=configs/resnet.py:50,local"),
+  ],
 )
 def test_bad_input_exits_with_one_clear_message(args, message, tmp_path):
   env = {**os.environ, "TFDS_DATA_DIR": str(tmp_path)}
@@ -226,10 +227,13 @@ def test_commands_keep_compiled_programs_in_a_per_user_cache_unless_told_where(t
   assert chosen.strip() == str(tmp_path / "mine")
 
 
-@pytest.mark.parametrize("name,arg,options", [
+@pytest.mark.parametrize(
+  "name,arg,options",
+  [
     ("resnet", "50", {"stride_in": "v1.5", "remat": "blocks"}),
     ("cifar_resnet", "20", {"remat": "norms", "preactivation": True}),
-])  # fmt: skip
+  ],
+)
 def test_model_options_the_configs_document_are_fields_of_the_locked_config(name, arg, options):
   """`--config.model_options.X=V` sets a field of the locked config: X must be in the config (a new key is refused)."""
   config = config_lib.load(name, arg)
@@ -240,8 +244,6 @@ def test_model_options_the_configs_document_are_fields_of_the_locked_config(name
 
 def test_ctrl_c_outside_training_ends_every_command_in_one_line():
   """Evaluation, the zoo, the experiments: wherever Ctrl-C lands outside a training loop, cli.run stops at once."""
-  code = ("from cnnjax import cli\n"
-          "def main(argv):\n  raise KeyboardInterrupt\n"
-          "cli.run(main)")  # fmt: skip
+  code = "from cnnjax import cli\ndef main(argv):\n  raise KeyboardInterrupt\ncli.run(main)"
   result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
   assert result.returncode == 130 and result.stderr == "error: stopped by Ctrl-C\n"

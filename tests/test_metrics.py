@@ -1,4 +1,6 @@
-"""What a run leaves behind: metrics.jsonl and TensorBoard events, readable by TensorBoard, and kept straight on resume."""
+"""What a run leaves behind: metrics.jsonl and TensorBoard events, readable by TensorBoard, and kept straight on
+resume."""
+
 import json
 import os
 import subprocess
@@ -41,8 +43,12 @@ def test_the_readme_tensorboard_command_serves_a_runs_curves(tmp_path):
   metrics.Writer(str(tmp_path / "run")).write({"step": 1, "epoch": 0.5, "train_loss": 0.5, "eval_accuracy": 0.75})
   port = free_port()
   # the `tensorboard` command the install put beside this Python, as README runs it
-  command = [os.path.join(os.path.dirname(sys.executable), "tensorboard"), f"--logdir={tmp_path}", f"--port={port}",
-             "--host=127.0.0.1"]  # fmt: skip
+  command = [
+    os.path.join(os.path.dirname(sys.executable), "tensorboard"),
+    f"--logdir={tmp_path}",
+    f"--port={port}",
+    "--host=127.0.0.1",
+  ]
   server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   try:
     deadline, tags = time.time() + 60, {}

@@ -2,6 +2,7 @@
 
 All counts come from traced shapes (jax.eval_shape / make_jaxpr): nothing here runs a big model.
 """
+
 import functools
 
 import jax
@@ -10,41 +11,12 @@ import pytest
 
 from cnnjax import complexity, models
 
+from paper_counts import MACS, PARAMS
+
 
 @functools.cache
 def cost(name, train=False, **options):
   return complexity.cost(models.create(name, **options), models.input_shape(name), train)
-
-
-# Trainable parameters (BatchNorm running statistics excluded), as the issue's table and the reference give them.
-PARAMS = {
-    "lenet5": 60_000,
-    "alexnet": 60_965_224,
-    "alexnet_torchvision": 61_100_840,
-    "vgg11": 132_863_336,
-    "vgg13": 133_047_848,
-    "vgg16": 138_357_544,
-    "vgg19": 143_667_240,
-    "vgg11_bn": 132_868_840,
-    "vgg13_bn": 133_053_736,
-    "vgg16_bn": 138_365_992,
-    "vgg19_bn": 143_678_248,
-    "googlenet": 6_998_552,
-    "googlenet_torchvision": 6_624_904,
-    "resnet18": 11_689_512,
-    "resnet34": 21_797_672,
-    "resnet50": 25_557_032,
-    "resnet101": 44_549_160,
-    "resnet152": 60_192_808,
-    "plain18": 11_515_688,
-    "plain34": 21_623_848,
-    "resnet20": 269_722,
-    "resnet32": 464_154,
-    "resnet44": 658_586,
-    "resnet56": 853_018,
-    "resnet110": 1_727_962,
-    "resnet1202": 19_421_274,
-}
 
 
 @pytest.mark.parametrize("name", sorted(set(PARAMS) | set(models.names()), key=lambda n: (n not in PARAMS, n)))
@@ -73,18 +45,18 @@ def test_imagenet_plain_twins_equal_option_a_resnets():
 
 
 @pytest.mark.parametrize(
-    "name,options,params",
-    [
-        ("resnet18", {"shortcut": "C"}, 12_043_816),  # docs/reference.md, section 5: projection on all 16 shortcuts
-        ("resnet34", {"shortcut": "C"}, 22_716_840),
-        ("resnet20", {"shortcut": "B"}, 272_474),  # docs/reference.md, section 6: option B on CIFAR
-        ("resnet56", {"shortcut": "B"}, 855_770),
-        ("googlenet", {"norm": "batchnorm"}, 7_005_832),  # paper structure, BN instead of bias
-        ("lenet5", {"c3": "full", "subsampling": "max", "head": "dense"}, 61_706),  # the common re-implementation
-        ("lenet5", {"c3": "full", "head": "dense"}, 61_750),
-        ("lenet5", {"head": "dense"}, 60_850),
-        ("alexnet", {"norm": "batchnorm"}, 60_965_224 + 2 * (96 + 256 + 384 + 384 + 256)),
-    ],
+  "name,options,params",
+  [
+    ("resnet18", {"shortcut": "C"}, 12_043_816),  # docs/reference.md, section 5: projection on all 16 shortcuts
+    ("resnet34", {"shortcut": "C"}, 22_716_840),
+    ("resnet20", {"shortcut": "B"}, 272_474),  # docs/reference.md, section 6: option B on CIFAR
+    ("resnet56", {"shortcut": "B"}, 855_770),
+    ("googlenet", {"norm": "batchnorm"}, 7_005_832),  # paper structure, BN instead of bias
+    ("lenet5", {"c3": "full", "subsampling": "max", "head": "dense"}, 61_706),  # the common re-implementation
+    ("lenet5", {"c3": "full", "head": "dense"}, 61_750),
+    ("lenet5", {"head": "dense"}, 60_850),
+    ("alexnet", {"norm": "batchnorm"}, 60_965_224 + 2 * (96 + 256 + 384 + 384 + 256)),
+  ],
 )
 def test_named_options_have_their_own_exact_counts(name, options, params):
   assert cost(name, **options).params == params
@@ -102,42 +74,20 @@ def test_googlenet_auxiliary_heads_exist_in_training_only():
   assert cost("googlenet", aux_heads=False, train=True).params == 6_998_552
 
 
-# Multiply-adds at the paper input: conv + dense only, padding included (torchvision's `_ops`, the ResNet paper's FLOPs).
-MACS = {
-    "lenet5": 326_520,
-    "alexnet": 724_406_816,
-    "alexnet_torchvision": 714_188_480,
-    "vgg11": 7_609_090_048,
-    "vgg13": 11_308_466_176,
-    "vgg16": 15_470_264_320,
-    "vgg19": 19_632_062_464,
-    "googlenet": 1_582_671_872,
-    "googlenet_torchvision": 1_498_376_192,
-    "resnet18": 1_814_073_344,
-    "resnet34": 3_663_761_408,
-    "plain34": 3_644_493_824,
-    "resnet50": 3_857_973_248,
-    "resnet101": 7_570_194_432,
-    "resnet152": 11_282_415_616,
-    "resnet20": 40_551_040,
-    "resnet56": 125_485_696,
-}
-
-
 @pytest.mark.parametrize("name", MACS)
 def test_multiply_adds(name):
   assert cost(name).macs == MACS[name]
 
 
 @pytest.mark.parametrize(
-    "name,options,macs",
-    [
-        ("resnet50", {"stride_in": "v1.5"}, 4_089_184_256),  # torchvision's 4.089 "GFLOPS"
-        ("resnet34", {"shortcut": "A"}, 3_644_493_824),
-        ("resnet34", {"shortcut": "C"}, 3_830_747_136),
-        ("vgg16_bn", {}, 15_470_264_320),  # BatchNorm is not counted
-        ("lenet5", {"c3": "full", "head": "dense"}, 416_520),
-    ],
+  "name,options,macs",
+  [
+    ("resnet50", {"stride_in": "v1.5"}, 4_089_184_256),  # torchvision's 4.089 "GFLOPS"
+    ("resnet34", {"shortcut": "A"}, 3_644_493_824),
+    ("resnet34", {"shortcut": "C"}, 3_830_747_136),
+    ("vgg16_bn", {}, 15_470_264_320),  # BatchNorm is not counted
+    ("lenet5", {"c3": "full", "head": "dense"}, 416_520),
+  ],
 )
 def test_multiply_adds_of_variants(name, options, macs):
   assert cost(name, **options).macs == macs
@@ -153,14 +103,24 @@ def test_the_lecture_cost_comparison():
   # ResNet paper section 3.3: "3.6 billion FLOPs (multiply-adds), which is only 18% of VGG-19 (19.6 billion FLOPs)"
   vgg19, plain34 = cost("vgg19").macs, cost("plain34").macs
   assert round(vgg19 / 1e9, 1) == 19.6 and round(plain34 / 1e9, 1) == 3.6
-  assert 5 < vgg19 / plain34 and round(plain34 / vgg19, 2) == 0.19  # "only 18%" rounds 3.64/19.63 down
+  assert vgg19 / plain34 > 5 and round(plain34 / vgg19, 2) == 0.19  # "only 18%" rounds 3.64/19.63 down
 
 
 @pytest.mark.parametrize(
-    "name,depth",
-    [("lenet5", 5), ("alexnet", 8), ("vgg16", 16), ("vgg19_bn", 19), ("googlenet", 22), ("resnet34", 34),
-     ("plain34", 34), ("resnet152", 152), ("resnet56", 56), ("plain110", 110)],
-)  # fmt: skip
+  "name,depth",
+  [
+    ("lenet5", 5),
+    ("alexnet", 8),
+    ("vgg16", 16),
+    ("vgg19_bn", 19),
+    ("googlenet", 22),
+    ("resnet34", 34),
+    ("plain34", 34),
+    ("resnet152", 152),
+    ("resnet56", 56),
+    ("plain110", 110),
+  ],
+)
 def test_depth_counts_weighted_layers_on_the_longest_path(name, depth):
   # AlexNet "eight learned layers"; GoogLeNet "22 layers deep when counting only layers with parameters"
   assert cost(name).depth == depth
@@ -175,8 +135,11 @@ def _logits_shape(name, input_shape, num_classes):
 IMAGENET_NAMES = [n for n in models.names() if models.input_shape(n) == (224, 224, 3) or n.startswith("alexnet")]
 
 
-@pytest.mark.parametrize("name,size", [(n, 32) for n in IMAGENET_NAMES] + [("alexnet", 64), ("alexnet_torchvision", 64),
-                                                                         ("googlenet", 64), ("googlenet_torchvision", 64)])  # fmt: skip
+@pytest.mark.parametrize(
+  "name,size",
+  [(n, 32) for n in IMAGENET_NAMES]
+  + [("alexnet", 64), ("alexnet_torchvision", 64), ("googlenet", 64), ("googlenet_torchvision", 64)],
+)
 def test_imagenet_networks_run_on_small_inputs(name, size):
   # 32: pools whose window exceeds the map keep one output, adaptive pools replicate; 64: torchvision AlexNet's
   # smallest input is 63, and GoogLeNet's auxiliary heads see 4x4 maps (their pool is the identity there)

@@ -1,5 +1,6 @@
 """Several processes, one run: two processes on localhost (4 simulated CPU devices each, gloo collectives)
 train as one process with 8 devices does, checkpoint to one path, resume; a lost process stops the run."""
+
 import json
 import os
 import signal
@@ -12,31 +13,55 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from conftest import SUITE_XLA_FLAGS, free_port
-from test_main import ROOT
+
+from helpers import ROOT
 
 # float64 (JAX_ENABLE_X64 below): then one process and two agree to summation order, and a tight bound can tell a
 # real difference. VGG-11 with BatchNorm, thin: BatchNorm statistics and dropout masks must follow the global batch.
-STEPS = ["--config=configs/vgg.py:11,bn,local", "--config.model_options.widths=4,4,8,8,8", "--config.model_options.fc_width=16",
-         "--config.image_size=16", "--config.batch_size=16", "--config.dtype=float64", "--config.num_steps=6",
-         "--config.log_every_steps=3", "--config.eval_every_steps=3"]  # fmt: skip
+STEPS = [
+  "--config=configs/vgg.py:11,bn,local",
+  "--config.model_options.widths=4,4,8,8,8",
+  "--config.model_options.fc_width=16",
+  "--config.image_size=16",
+  "--config.batch_size=16",
+  "--config.dtype=float64",
+  "--config.num_steps=6",
+  "--config.log_every_steps=3",
+  "--config.eval_every_steps=3",
+]
 
 
 def launch(workdir, processes: int, *args, port: int = 0):
   """`processes` cnnjax.main processes sharing 8 CPU devices among them."""
-  env = {**os.environ, "JAX_ENABLE_X64": "1",
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // processes} {SUITE_XLA_FLAGS}"}
+  env = {
+    **os.environ,
+    "JAX_ENABLE_X64": "1",
+    "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // processes} {SUITE_XLA_FLAGS}",
+  }
   distributed = [f"--coordinator_address=127.0.0.1:{port or free_port()}", f"--num_processes={processes}"]
   return [
-      subprocess.Popen([sys.executable, "-m", "cnnjax.main", f"--workdir={workdir}", *args,
-                        *(distributed + [f"--process_id={i}"] if processes > 1 else [])],
-                       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-      for i in range(processes)
+    subprocess.Popen(
+      [
+        sys.executable,
+        "-m",
+        "cnnjax.main",
+        f"--workdir={workdir}",
+        *args,
+        *(distributed + [f"--process_id={i}"] if processes > 1 else []),
+      ],
+      cwd=ROOT,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(processes)
   ]
 
 
 def finish(processes, timeout=240):
   outputs = [p.communicate(timeout=timeout) for p in processes]
-  for p, (out, err) in zip(processes, outputs):
+  for p, (_out, err) in zip(processes, outputs):
     assert p.returncode == 0, err[-2000:]
   return outputs
 
@@ -70,8 +95,15 @@ def test_two_processes_train_as_one_process_with_eight_devices_and_resume(tfds_d
 
 
 def test_a_lost_process_stops_the_others_within_the_timeout(tfds_dir, tmp_path):
-  processes = launch(tmp_path, 2, "--config=configs/lenet5.py", "--config.num_steps=100000", "--config.log_every_steps=5",
-                     f"--config.data_dir={tfds_dir}", "--distributed_timeout=5")  # fmt: skip
+  processes = launch(
+    tmp_path,
+    2,
+    "--config=configs/lenet5.py",
+    "--config.num_steps=100000",
+    "--config.log_every_steps=5",
+    f"--config.data_dir={tfds_dir}",
+    "--distributed_timeout=5",
+  )
   metrics = tmp_path / "metrics.jsonl"
   deadline = time.time() + 180
   while not (metrics.exists() and metrics.read_text().strip()) and time.time() < deadline:

@@ -1,4 +1,5 @@
 """cnnjax.predict on a workdir cnnjax trained: the dataset's evaluation preprocessing and its class names."""
+
 import json
 import subprocess
 import sys
@@ -6,10 +7,11 @@ import sys
 import numpy as np
 from PIL import Image
 
-from cnnjax import data, train
 from cnnjax import config as config_lib
+from cnnjax import data, train
 from cnnjax.predict import Predictor
-from test_main import ROOT
+
+from helpers import ROOT
 
 
 def test_a_lenet_trained_on_digits_names_digits_and_its_json_is_one_line_per_image(tfds_dir, tmp_path):
@@ -18,8 +20,21 @@ def test_a_lenet_trained_on_digits_names_digits_and_its_json_is_one_line_per_ima
   train.train_and_evaluate(config, str(tmp_path / "w"))
   digit = data.load("digits", tfds_dir).test[0]
   Image.fromarray(digit["image"][..., 0]).save(tmp_path / "digit.png")  # an 8x8 greyscale digit, as the dataset has it
-  out = subprocess.run([sys.executable, "-m", "cnnjax.predict", f"--workdir={tmp_path / 'w'}", "--format=json", "--top=10",
-                        str(tmp_path / "digit.png")], capture_output=True, text=True, cwd=ROOT, check=False)  # fmt: skip
+  out = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "cnnjax.predict",
+      f"--workdir={tmp_path / 'w'}",
+      "--format=json",
+      "--top=10",
+      str(tmp_path / "digit.png"),
+    ],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    check=False,
+  )
   assert out.returncode == 0, out.stderr
   (line,) = out.stdout.splitlines()
   top = json.loads(line)["top"]

@@ -5,6 +5,7 @@ biases, BatchNorm's affine parameters and running statistics) is randomised, so 
 place, or in the wrong layout, shows in the logits. Needs torchvision (`pip install -e '.[torch]'`); without it the
 module is skipped, and pytest's -rs line says so.
 """
+
 import json
 import os
 import pathlib
@@ -16,7 +17,9 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="the parity tests compare with torchvision: pip install -e '.[torch]'")
-tv_models = pytest.importorskip("torchvision.models", reason="the parity tests compare with torchvision: pip install -e '.[torch]'")
+tv_models = pytest.importorskip(
+  "torchvision.models", reason="the parity tests compare with torchvision: pip install -e '.[torch]'"
+)
 # (imported after the skips: they need torch)
 from safetensors.torch import save_file
 from torchvision.models._meta import _IMAGENET_CATEGORIES  # torchvision's names for ImageNet's classes
@@ -93,7 +96,9 @@ def test_options_apply_over_torchvisions_own():
 def test_the_weights_decide_the_classes_and_googlenets_auxiliary_heads():
   model, variables = from_torchvision("resnet18", torchvision_model("resnet18", num_classes=10).state_dict())
   assert model.num_classes == 10 and variables["params"]["fc"]["kernel"].shape == (512, 10)
-  with_aux, variables = from_torchvision("googlenet_torchvision", torchvision_model("googlenet_torchvision").state_dict())
+  with_aux, variables = from_torchvision(
+    "googlenet_torchvision", torchvision_model("googlenet_torchvision").state_dict()
+  )
   assert with_aux.aux_heads and variables["params"]["aux_4d"]["fc"]["kernel"].shape == (2048, 1024)
   no_aux = tv_models.googlenet(weights=None, aux_logits=False, init_weights=False).state_dict()
   assert not from_torchvision("googlenet_torchvision", no_aux)[0].aux_heads
@@ -128,8 +133,15 @@ def test_unreadable_files_are_one_line(tmp_path, monkeypatch):
 
 
 def command(module, *args, env=None):
-  return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, timeout=300,
-                        cwd=pathlib.Path(__file__).resolve().parent.parent, env=env, check=False)  # fmt: skip
+  return subprocess.run(
+    [sys.executable, "-m", module, *map(str, args)],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=pathlib.Path(__file__).resolve().parent.parent,
+    env=env,
+    check=False,
+  )
 
 
 def test_convert_then_predict_gives_torchvisions_probabilities_through_its_own_preprocessing(tmp_path):
@@ -138,7 +150,9 @@ def test_convert_then_predict_gives_torchvisions_probabilities_through_its_own_p
 
   torch_model = torchvision_model("resnet18")
   torch.save(torch_model.state_dict(), tmp_path / "resnet18.pth")
-  converted = command("cnnjax.convert", "--model=resnet18", f"--weights={tmp_path / 'resnet18.pth'}", f"--workdir={tmp_path / 'w'}")
+  converted = command(
+    "cnnjax.convert", "--model=resnet18", f"--weights={tmp_path / 'resnet18.pth'}", f"--workdir={tmp_path / 'w'}"
+  )
   assert converted.returncode == 0, converted.stderr
   assert "resnet18 (11,689,512 parameters)" in converted.stdout  # torchvision's published count
   rng = np.random.default_rng(0)
@@ -146,16 +160,30 @@ def test_convert_then_predict_gives_torchvisions_probabilities_through_its_own_p
   # to even ((379 - 224) / 2 = 77.5 -> 78): torchvision's arithmetic, not round() and //
   Image.fromarray(rng.integers(0, 256, (203, 301, 3), np.uint8)).save(tmp_path / "photo.png")
   (tmp_path / "cut.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
-  predicted = command("cnnjax.predict", f"--workdir={tmp_path / 'w'}", "--format=json", tmp_path / "photo.png",
-                      tmp_path / "cut.jpg", tmp_path / "absent.jpg")  # fmt: skip
+  predicted = command(
+    "cnnjax.predict",
+    f"--workdir={tmp_path / 'w'}",
+    "--format=json",
+    tmp_path / "photo.png",
+    tmp_path / "cut.jpg",
+    tmp_path / "absent.jpg",
+  )
   assert predicted.returncode == 1
   assert predicted.stderr.splitlines() == [
-      f"error: {tmp_path / 'cut.jpg'}: not a readable image (Truncated File Read)",
-      f"error: {tmp_path / 'absent.jpg'}: no such file", "error: 2 of 3 image(s) could not be read"]  # fmt: skip
+    f"error: {tmp_path / 'cut.jpg'}: not a readable image (Truncated File Read)",
+    f"error: {tmp_path / 'absent.jpg'}: no such file",
+    "error: 2 of 3 image(s) could not be read",
+  ]
   (line,) = predicted.stdout.splitlines()
   result = json.loads(line)
-  preprocess = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
-                                   transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])  # fmt: skip
+  preprocess = transforms.Compose(
+    [
+      transforms.Resize(256),
+      transforms.CenterCrop(224),
+      transforms.ToTensor(),
+      transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    ]
+  )
   with torch.no_grad():
     expected = torch.softmax(torch_model(preprocess(Image.open(tmp_path / "photo.png"))[None]), -1)[0].numpy()
   order = np.argsort(-expected)[:5]
@@ -173,15 +201,30 @@ def test_a_converted_workdir_evaluates_on_imagenet_as_torchvision_does(small_tfd
 
   torch_model = torchvision_model("resnet18")
   save_file({k: v.contiguous() for k, v in torch_model.state_dict().items()}, tmp_path / "resnet18.safetensors")
-  assert command("cnnjax.convert", "--model=resnet18", f"--weights={tmp_path / 'resnet18.safetensors'}",
-                 f"--workdir={tmp_path / 'w'}").returncode == 0  # fmt: skip
-  evaluated = command("cnnjax.main", "--mode=eval", f"--workdir={tmp_path / 'w'}", env={**os.environ, "TFDS_DATA_DIR": small_tfds})
+  assert (
+    command(
+      "cnnjax.convert",
+      "--model=resnet18",
+      f"--weights={tmp_path / 'resnet18.safetensors'}",
+      f"--workdir={tmp_path / 'w'}",
+    ).returncode
+    == 0
+  )
+  evaluated = command(
+    "cnnjax.main", "--mode=eval", f"--workdir={tmp_path / 'w'}", env={**os.environ, "TFDS_DATA_DIR": small_tfds}
+  )
   assert evaluated.returncode == 0, evaluated.stderr
   result = dict(zip(*[iter(evaluated.stdout.split()[-8:])] * 2))
   # torchvision on the same decoded validation images, through its own preprocessing
   validation = data.load("imagenet2012", small_tfds).test
-  preprocess = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
-                                   transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])  # fmt: skip
+  preprocess = transforms.Compose(
+    [
+      transforms.Resize(256),
+      transforms.CenterCrop(224),
+      transforms.ToTensor(),
+      transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    ]
+  )
   images = torch.stack([preprocess(Image.fromarray(validation[i]["image"])) for i in range(len(validation))])
   labels = torch.tensor([validation[i]["label"] for i in range(len(validation))])
   with torch.no_grad():
@@ -203,7 +246,10 @@ def test_fine_tuning_from_a_torchvision_file_starts_from_its_body_with_a_new_hea
   run = train.build(config)
   fresh = train.initial_state(run)
   started = init_from.start_from(fresh, config, run.step_config.model, run.dataset.num_classes)
-  assert f"note: started from {tmp_path / 'resnet18.safetensors'}; new fc for 5 classes of fake:32x32x3:5" in capsys.readouterr().out
+  assert (
+    f"note: started from {tmp_path / 'resnet18.safetensors'}; new fc for 5 classes of fake:32x32x3:5"
+    in capsys.readouterr().out
+  )
   expected = from_torchvision("resnet18", state)[1]
   same = lambda a, b: jax.tree.all(jax.tree.map(lambda x, y: bool((np.asarray(x) == np.asarray(y)).all()), a, b))
   for collection in ("params", "batch_stats"):
@@ -219,4 +265,6 @@ def test_visualize_shows_torchvisions_first_kernels():
 
   torch_model = torchvision_model("alexnet_torchvision")
   name, kernel = first_kernel(Predictor.from_torchvision("alexnet_torchvision", torch_model.state_dict()))
-  assert name == "conv1" and np.array_equal(kernel, torch_model.features[0].weight.detach().numpy().transpose(2, 3, 1, 0))
+  assert name == "conv1" and np.array_equal(
+    kernel, torch_model.features[0].weight.detach().numpy().transpose(2, 3, 1, 0)
+  )

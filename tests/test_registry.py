@@ -1,4 +1,5 @@
 """Building models by name: the errors a user sees for bad names, options and inputs."""
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -23,7 +24,11 @@ def test_depths_that_are_not_6n_plus_2_are_refused(name):
 
 def test_cifar_names_for_any_6n_plus_2_depth():
   # its parameters: tests/test_model_sizes.py (Table 6: 19.4M)
-  assert models.create("resnet1202").stage_sizes == (200, 200, 200) and models.create("plain62").stage_sizes == (10, 10, 10)
+  assert models.create("resnet1202").stage_sizes == (200, 200, 200) and models.create("plain62").stage_sizes == (
+    10,
+    10,
+    10,
+  )
   # 50 and 152 are ImageNet ResNets; the CIFAR nets of those depths have their own names
   assert models.input_shape("resnet50") == (224, 224, 3)
   assert models.input_shape("cifar_resnet50") == (32, 32, 3)
@@ -31,21 +36,21 @@ def test_cifar_names_for_any_6n_plus_2_depth():
 
 
 def test_unknown_option_lists_the_valid_ones():
-  with pytest.raises(ValueError, match="unknown option.*shortcuts.*valid: .*shortcut"):
+  with pytest.raises(ValueError, match=r"unknown option.*shortcuts.*valid: .*shortcut"):
     models.create("resnet34", shortcuts="A")
 
 
 @pytest.mark.parametrize(
-    "name,option,value,valid",
-    [
-        ("resnet34", "shortcut", "D", "A, B, C"),
-        ("resnet50", "stride_in", "v2", "v1, v1.5"),
-        ("resnet20", "activation", "swishy", "relu"),
-        ("resnet20", "norm", "lrn", "batchnorm, none"),
-        ("alexnet", "layout", "caffe", "paper, torchvision"),
-        ("googlenet", "inception", "fancy", "naive, reduced"),
-        ("lenet5", "c3", "sparse", "paper, full"),
-    ],
+  "name,option,value,valid",
+  [
+    ("resnet34", "shortcut", "D", "A, B, C"),
+    ("resnet50", "stride_in", "v2", "v1, v1.5"),
+    ("resnet20", "activation", "swishy", "relu"),
+    ("resnet20", "norm", "lrn", "batchnorm, none"),
+    ("alexnet", "layout", "caffe", "paper, torchvision"),
+    ("googlenet", "inception", "fancy", "naive, reduced"),
+    ("lenet5", "c3", "sparse", "paper, full"),
+  ],
 )
 def test_bad_option_values_name_the_valid_ones(name, option, value, valid):
   model = models.create(name, **{option: value})
@@ -75,7 +80,12 @@ def test_models_stay_float32_where_jax_defaults_to_float64(name):
   model = models.create(name, num_classes=10)
   with jax.enable_x64(True):
     x = jax.ShapeDtypeStruct((2, *shape), jnp.float32)
-    variables = jax.eval_shape(lambda x: model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, train=True), x)
-    (logits, out), _ = jax.eval_shape(lambda v, x: model.apply(v, x, train=True, rngs={"dropout": jax.random.key(2)},
-                                                               mutable=["batch_stats"]), variables, x)  # fmt: skip
+    variables = jax.eval_shape(
+      lambda x: model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, train=True), x
+    )
+    (logits, out), _ = jax.eval_shape(
+      lambda v, x: model.apply(v, x, train=True, rngs={"dropout": jax.random.key(2)}, mutable=["batch_stats"]),
+      variables,
+      x,
+    )
   assert {a.dtype for a in jax.tree.leaves((variables, logits, out))} == {jnp.dtype("float32")}

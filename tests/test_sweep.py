@@ -1,5 +1,6 @@
 """The sweep runner on a tiny grid: two LeNet-5 runs on digits, skipped when finished, resumed when not,
 summarised into one table and plot; and the sweep file the repository ships."""
+
 import csv
 import json
 import os
@@ -10,22 +11,8 @@ import sys
 import pytest
 
 from cnnjax import sweep
-from test_main import ROOT
 
-TINY = '''from cnnjax.sweep import grid
-
-
-def get_sweep():
-  return grid(config=["configs/lenet5.py"], learning_rate=[0.01, 0.05], num_steps=[4], log_every_steps=[2],
-              eval_every_steps=[2])
-'''
-
-
-def run_sweep(file, workdir, *args, env=None):
-  result = subprocess.run([sys.executable, "-m", "cnnjax.sweep", f"--sweep={file}", f"--workdir={workdir}", *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
-  assert result.returncode == 0, result.stderr[-2000:]
-  return result.stdout
+from helpers import ROOT, TINY, run_sweep
 
 
 def test_a_sweep_runs_skips_resumes_and_summarises(tmp_path, tfds_dir):
@@ -33,7 +20,9 @@ def test_a_sweep_runs_skips_resumes_and_summarises(tmp_path, tfds_dir):
   file.write_text(TINY)
   env = {**os.environ, "TFDS_DATA_DIR": str(tfds_dir)}  # the session's prepared digits
   names = [sweep.run_name(r) for r in sweep.load(str(file))]
-  assert names == [f"lenet5__eval_every_steps=2__learning_rate={lr}__log_every_steps=2__num_steps=4" for lr in (0.01, 0.05)]
+  assert names == [
+    f"lenet5__eval_every_steps=2__learning_rate={lr}__log_every_steps=2__num_steps=4" for lr in (0.01, 0.05)
+  ]
   out = run_sweep(file, workdir, "--parallel=2", env=env)
   assert all(f"{n}: done" in out for n in names) and "2 of 2 runs finished" in out
 
@@ -46,37 +35,54 @@ def test_a_sweep_runs_skips_resumes_and_summarises(tmp_path, tfds_dir):
   assert [r["run"] for r in rows] == names and {r["learning_rate"] for r in rows} == {"0.01", "0.05"}
   for r in rows:  # each row is its run's summary, the error in percent
     summary = json.loads((workdir / r["run"] / "summary.json").read_text())
-    assert r["final_step"] == "4" and float(r["test_error"]) == pytest.approx(100 * (1 - summary["eval_accuracy"]), abs=0.006)  # (rounded to 0.01)
-  assert len((workdir / "summary.md").read_text().splitlines()) == 2 + 2 and (workdir / "summary.png").stat().st_size > 0
+    assert r["final_step"] == "4" and float(r["test_error"]) == pytest.approx(
+      100 * (1 - summary["eval_accuracy"]), abs=0.006
+    )  # (rounded to 0.01)
+  assert (
+    len((workdir / "summary.md").read_text().splitlines()) == 2 + 2 and (workdir / "summary.png").stat().st_size > 0
+  )
   assert run_sweep(file, workdir, "--print_commands", env=env).strip() == ""  # nothing left to run
 
 
-LONG = '''from cnnjax.sweep import grid
+LONG = """from cnnjax.sweep import grid
 
 
 def get_sweep():
   return grid(config=["configs/lenet5.py"], seed=[0, 1, 2], num_steps=[100000], log_every_steps=[5],
               eval_every_steps=[100000], checkpoint_every_steps=[100000])
-'''
+"""
 
 
 def test_a_sweep_owns_its_workdir_and_ctrl_c_stops_it_with_its_running_run_saved(tmp_path, tfds_dir):
   file, workdir = tmp_path / "long.py", tmp_path / "sweep"
   file.write_text(LONG)
   env = {**os.environ, "TFDS_DATA_DIR": str(tfds_dir)}
-  first = subprocess.Popen([sys.executable, "-m", "cnnjax.sweep", f"--sweep={file}", f"--workdir={workdir}"], cwd=ROOT,
-                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+  first = subprocess.Popen(
+    [sys.executable, "-m", "cnnjax.sweep", f"--sweep={file}", f"--workdir={workdir}"],
+    cwd=ROOT,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   for line in first.stdout:
     if line.startswith("step 10/"):  # the first run trains (its output passes through the sweep's)
       break
-  second = subprocess.run([sys.executable, "-m", "cnnjax.sweep", f"--sweep={file}", f"--workdir={workdir}"], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+  second = subprocess.run(
+    [sys.executable, "-m", "cnnjax.sweep", f"--sweep={file}", f"--workdir={workdir}"],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert second.returncode == 1 and f"is in use by another run: process {first.pid}" in second.stderr, second.stderr
   first.send_signal(signal.SIGINT)  # the sweep alone, as a terminal's Ctrl-C reaches it: it passes it on to its run
-  out, err = first.communicate(timeout=120)
+  _out, err = first.communicate(timeout=120)
   assert first.returncode == 130, err
-  assert err.strip().splitlines()[-1] == ("stopped by Ctrl-C: 1 run(s) saved a checkpoint and stopped, 2 not started; "
-                                          "rerun the same command to go on.")  # fmt: skip
+  assert err.strip().splitlines()[-1] == (
+    "stopped by Ctrl-C: 1 run(s) saved a checkpoint and stopped, 2 not started; rerun the same command to go on."
+  )
   running = workdir / sweep.run_name(sweep.load(str(file))[0])
   assert "stopped by Ctrl-C at step" in err and any(p.name.isdigit() for p in (running / "checkpoints").iterdir())
   assert not (workdir / sweep.run_name(sweep.load(str(file))[1])).exists()  # not started
@@ -95,5 +101,6 @@ def test_the_degradation_sweep_is_the_papers_grid():
 def test_grid_and_names():
   assert sweep.grid(a=[1, 2], b=["x"]) == [{"a": 1, "b": "x"}, {"a": 2, "b": "x"}]
   assert sweep.run_name({"config": "configs/resnet.py:34,plain", "seed": 1, "learning_rate": 0.05}) == (
-      "resnet-34-plain__learning_rate=0.05__seed=1")
+    "resnet-34-plain__learning_rate=0.05__seed=1"
+  )
   assert sweep.run_name({"config": "configs/lenet5.py", "data_dir": "/data/tfds"}) == "lenet5__data_dir=-data-tfds"

@@ -1,4 +1,5 @@
 """The train step, schedules and the loop, on 8 simulated CPU devices and the bundled digits dataset."""
+
 import contextlib
 import itertools
 
@@ -8,13 +9,10 @@ import numpy as np
 import optax
 import pytest
 
-from cnnjax import checkpoint, config as config_lib, data, devices, errors, optim, train
+from cnnjax import checkpoint, data, devices, errors, optim, train
+from cnnjax import config as config_lib
 
-
-def load_config(name: str, arg: str = "", **overrides):
-  config = config_lib.load(name, arg)
-  config.update(overrides)
-  return config
+from helpers import load_config
 
 
 def run_steps(config, local_devices, steps: int):
@@ -36,12 +34,12 @@ def run_steps(config, local_devices, steps: int):
 
 
 FAMILIES = [
-    ("lenet5", "", {}),
-    ("alexnet", "local", {"model_options": {"fc_width": 32}}),
-    ("vgg", "11,local", {"model_options": {"widths": (8, 8, 16, 16, 16), "fc_width": 32}}),
-    ("resnet", "18,local", {"model_options": {"widths": (8, 8, 16, 16)}}),
-    ("resnet", "50,local", {"model_options": {"widths": (4, 4, 8, 8), "stage_sizes": (1, 1, 1, 1)}, "dtype": "bfloat16"}),
-    ("cifar_resnet", "20,local", {"model_options": {"widths": (4, 8, 16)}}),
+  ("lenet5", "", {}),
+  ("alexnet", "local", {"model_options": {"fc_width": 32}}),
+  ("vgg", "11,local", {"model_options": {"widths": (8, 8, 16, 16, 16), "fc_width": 32}}),
+  ("resnet", "18,local", {"model_options": {"widths": (8, 8, 16, 16)}}),
+  ("resnet", "50,local", {"model_options": {"widths": (4, 4, 8, 8), "stage_sizes": (1, 1, 1, 1)}, "dtype": "bfloat16"}),
+  ("cifar_resnet", "20,local", {"model_options": {"widths": (4, 8, 16)}}),
 ]  # GoogLeNet trains, with and without its auxiliary heads, in tests/test_experiments.py
 
 
@@ -49,14 +47,22 @@ FAMILIES = [
 def test_every_family_trains(name, arg, overrides, tfds_dir):
   # no weight decay: then SGD's momentum trace is the sum of the two steps' gradients, which must reach every
   # parameter (whether a parameter *moved* says less: an update below its float32 resolution leaves it as it was)
-  config = load_config(name, arg, data_dir=tfds_dir, batch_size=16, weight_decay=0.0,
-                       **{k: v for k, v in overrides.items() if k != "model_options"})  # fmt: skip
+  config = load_config(
+    name,
+    arg,
+    data_dir=tfds_dir,
+    batch_size=16,
+    weight_decay=0.0,
+    **{k: v for k, v in overrides.items() if k != "model_options"},
+  )
   config.model_options.update(overrides.get("model_options", {}))
   state, history, run, p_eval = run_steps(config, jax.local_devices(), 2)
   assert all(np.isfinite(m["loss"]) for m in history)
   gradient = optax.tree_utils.tree_get(state.opt_state, "trace")
   assert jax.tree.structure(gradient) == jax.tree.structure(state.params)
-  without = [jax.tree_util.keystr(path) for path, g in jax.tree_util.tree_leaves_with_path(gradient) if not np.any(np.asarray(g))]
+  without = [
+    jax.tree_util.keystr(path) for path, g in jax.tree_util.tree_leaves_with_path(gradient) if not np.any(np.asarray(g))
+  ]
   assert not without, f"parameters without a gradient: {without}"
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.params))  # fp32 master weights in bf16 runs
   assert np.isfinite(train.evaluate_state(p_eval, state, run)["eval_loss"])
@@ -140,7 +146,8 @@ def test_learning_rate_schedules_by_hand():
   cifar = load_config("cifar_resnet", "110")  # 0.01 warm-up for 400 steps, then 0.1, /10 at 32k and 48k
   lr = optim.schedule(cifar, steps_per_epoch=390)
   assert [float(lr(s)) for s in (0, 399, 400, 31_999, 32_000, 47_999, 48_000, 63_999)] == pytest.approx(
-      [0.01, 0.01, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001])  # fmt: skip
+    [0.01, 0.01, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+  )
   googlenet = load_config("googlenet")  # 4% less every 8 epochs
   lr = optim.schedule(googlenet, steps_per_epoch=100)
   assert [float(lr(s)) for s in (0, 799, 800, 1600)] == pytest.approx([0.08, 0.08, 0.08 * 0.96, 0.08 * 0.96**2])
@@ -162,9 +169,18 @@ def test_cross_entropy_with_label_smoothing_by_hand():
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tfds_dir, tmp_path, capsys):
-  config = load_config("lenet5", data_dir=tfds_dir, batch_size=16, num_steps=40, checkpoint_every_steps=5,
-                       log_every_steps=5, eval_every_steps=1000, schedule="step", lr_decay_steps=(10,),
-                       lr_decay_factor=1e7)  # fmt: skip  # sane for 10 steps, then a rate that blows up
+  config = load_config(
+    "lenet5",
+    data_dir=tfds_dir,
+    batch_size=16,
+    num_steps=40,
+    checkpoint_every_steps=5,
+    log_every_steps=5,
+    eval_every_steps=1000,
+    schedule="step",
+    lr_decay_steps=(10,),
+    lr_decay_factor=1e7,
+  )  # sane for 10 steps, then a rate that blows up
   config.model_options.update(activation="relu", head="dense")  # unbounded, so the blow-up reaches inf / NaN
   with pytest.raises(errors.TrainingDiverged, match=r"at step (1[1-9]|[2-4]\d)"):
     train.train_and_evaluate(config, str(tmp_path))
@@ -177,8 +193,15 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tfds_dir, tmp
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tfds_dir, tmp_path, capsys):
-  config = load_config("lenet5", data_dir=tfds_dir, batch_size=16, num_steps=20, checkpoint_every_steps=10,
-                       log_every_steps=10, eval_every_steps=1000)  # fmt: skip
+  config = load_config(
+    "lenet5",
+    data_dir=tfds_dir,
+    batch_size=16,
+    num_steps=20,
+    checkpoint_every_steps=10,
+    log_every_steps=10,
+    eval_every_steps=1000,
+  )
   train.train_and_evaluate(config, str(tmp_path))
   for f in (tmp_path / "checkpoints" / "20" / "state").rglob("*"):
     if f.is_file():
@@ -194,24 +217,31 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tfds_dir, tmp_path
 def test_a_relative_workdir_works(tfds_dir, tmp_path, monkeypatch):
   # the default workdir is runs/NAME-TIME, relative to where the command runs
   monkeypatch.chdir(tmp_path)
-  config = load_config("lenet5", data_dir=tfds_dir, batch_size=16, num_steps=2, log_every_steps=1, eval_every_steps=1000)
+  config = load_config(
+    "lenet5", data_dir=tfds_dir, batch_size=16, num_steps=2, log_every_steps=1, eval_every_steps=1000
+  )
   assert train.train_and_evaluate(config, "runs/relative")["final_step"] == 2
   assert (tmp_path / "runs" / "relative" / "checkpoints" / "2" / "state").is_dir()
 
 
 def test_a_workdir_of_another_model_is_refused(tfds_dir, tmp_path):
-  config = load_config("lenet5", data_dir=tfds_dir, batch_size=16, num_steps=2, log_every_steps=1, eval_every_steps=1000)
+  config = load_config(
+    "lenet5", data_dir=tfds_dir, batch_size=16, num_steps=2, log_every_steps=1, eval_every_steps=1000
+  )
   train.train_and_evaluate(config, str(tmp_path))
   other = load_config("lenet5", data_dir=tfds_dir, batch_size=16, num_steps=2)
   other.model_options.head = "dense"
   with pytest.raises(checkpoint.CheckpointError, match="holds checkpoints of another model"):
     train.train_and_evaluate(other, str(tmp_path))
-  longer = load_config("lenet5", data_dir=tfds_dir, batch_size=16, num_steps=4, log_every_steps=1, eval_every_steps=1000)
+  longer = load_config(
+    "lenet5", data_dir=tfds_dir, batch_size=16, num_steps=4, log_every_steps=1, eval_every_steps=1000
+  )
   assert train.train_and_evaluate(longer, str(tmp_path))["final_step"] == 4  # same model, longer schedule: resumes
 
 
 class _Numbered:
-  """Batches 0, 1, 2, ... of shape [8, 1] (one row per simulated device); state = batches handed out; fails at `fail_at`."""
+  """Batches 0, 1, 2, ... of shape [8, 1] (one row per simulated device); state = batches handed out; fails at
+  `fail_at`."""
 
   def __init__(self, fail_at: int | None = None, length: int | None = None):
     self.position, self.fail_at, self.length = 0, fail_at, length
@@ -236,7 +266,11 @@ def test_prefetch_pairs_each_batch_with_the_state_after_it_and_raises_pipeline_e
     assert float(batch[0, 0]) == i and state == {"position": i + 1}
   with pytest.raises(data.DatasetError, match="cannot decode batch 5"):
     next(stream)
-  assert [int(b[0, 0]) for b, _ in devices.prefetch_to_device(_Numbered(length=3), mesh)] == [0, 1, 2]  # a finite stream ends
+  assert [int(b[0, 0]) for b, _ in devices.prefetch_to_device(_Numbered(length=3), mesh)] == [
+    0,
+    1,
+    2,
+  ]  # a finite stream ends
   early = devices.prefetch_to_device(_Numbered(), mesh)
   next(early)
   early.close()  # a loop that stops early: the reading thread ends (close() joins it) instead of blocking forever
@@ -292,7 +326,9 @@ def test_every_auxiliary_output_of_any_model_joins_the_loss_with_its_weight():
   model, images, labels = TwoHeads(), jnp.ones((2, 2, 2, 1)), jnp.array([0, 2])
   params = model.init(jax.random.key(0), images)["params"]
   state = train.TrainState.create(apply_fn=model.apply, params=params, batch_stats={}, tx=optax.sgd(0.1))
-  step_config = train.StepConfig(model=model, learning_rate_fn=lambda step: 0.1, mean=(0.0,), std=(1.0,), aux_loss_weight=0.25)
+  step_config = train.StepConfig(
+    model=model, learning_rate_fn=lambda step: 0.1, mean=(0.0,), std=(1.0,), aux_loss_weight=0.25
+  )
   objective, (loss, logits, _, _) = train.loss_fn(params, state, images, labels, step_config, jax.random.key(1))
 
   def by_hand(z):  # mean softmax cross-entropy

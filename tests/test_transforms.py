@@ -1,13 +1,15 @@
 """Property tests on the preprocessing functions: shapes, dtypes and value ranges are kept, and each
 augmentation is what its paper describes."""
+
 import numpy as np
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from cnnjax.data import transforms
 
 batches = st.integers(1, 6).flatmap(
-    lambda n: arrays(np.uint8, st.tuples(st.just(n), st.integers(2, 12), st.integers(2, 12), st.sampled_from([1, 3])))
+  lambda n: arrays(np.uint8, st.tuples(st.just(n), st.integers(2, 12), st.integers(2, 12), st.sampled_from([1, 3])))
 )
 seeds = st.integers(0, 2**32 - 1)
 
@@ -33,7 +35,11 @@ def test_pad_crop_flip_uses_every_offset_and_both_orientations():
 
 
 @settings(max_examples=40)
-@given(arrays(np.uint8, st.tuples(st.integers(1, 40), st.integers(1, 40), st.sampled_from([1, 3]))), seeds, st.integers(1, 24))
+@given(
+  arrays(np.uint8, st.tuples(st.integers(1, 40), st.integers(1, 40), st.sampled_from([1, 3]))),
+  seeds,
+  st.integers(1, 24),
+)
 def test_random_resized_crop_keeps_dtype_and_range(image, seed, size):
   out = transforms.random_resized_crop(image, np.random.default_rng(seed), size)
   assert out.shape == (size, size, image.shape[2]) and out.dtype == np.uint8
@@ -44,7 +50,7 @@ def test_random_resized_crop_keeps_dtype_and_range(image, seed, size):
 @given(st.integers(1, 500), st.integers(1, 500), seeds)
 def test_crop_window_covers_8_to_100_percent_at_aspect_three_quarters_to_four_thirds(h, w, seed):
   y, x, ch, cw = transforms.random_crop_window(h, w, np.random.default_rng(seed))
-  assert 0 <= y and y + ch <= h and 0 <= x and x + cw <= w and ch > 0 and cw > 0
+  assert y >= 0 and y + ch <= h and x >= 0 and x + cw <= w and ch > 0 and cw > 0
   central = (y, x) == ((h - ch) // 2, (w - cw) // 2) and (ch == h or cw == w)
   if not central:  # the fallback is the only window allowed outside the bounds
     # rounding each side to whole pixels moves area and aspect by at most about one pixel
@@ -67,7 +73,9 @@ def test_eval_crop_resizes_the_shorter_side_to_256_for_224():
   np.testing.assert_array_equal(crop, bars[16:240, 144:368])
 
 
-@given(arrays(np.uint8, st.tuples(st.integers(1, 28), st.integers(1, 28), st.sampled_from([1, 3]))), st.integers(28, 36))
+@given(
+  arrays(np.uint8, st.tuples(st.integers(1, 28), st.integers(1, 28), st.sampled_from([1, 3]))), st.integers(28, 36)
+)
 def test_center_pad_keeps_the_image_in_the_middle(image, size):
   out = transforms.center_pad(image, size)
   h, w = image.shape[:2]

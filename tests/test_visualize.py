@@ -1,4 +1,5 @@
 """cnnjax.visualize: which kernels and maps it shows (the data), and that the commands write their pictures."""
+
 import subprocess
 import sys
 
@@ -12,7 +13,8 @@ from cnnjax import data, models, train
 from cnnjax.data.sources import TFDS
 from cnnjax.predict import Predictor
 from cnnjax.visualize import first_kernel, mosaic, stage_maps
-from test_main import ROOT
+
+from helpers import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +33,13 @@ def test_the_first_kernels_are_the_layer_the_input_meets_first(lenet_workdir):
   assert np.array_equal(kernel, np.asarray(predictor.variables["params"]["C1"]["kernel"]))
   # AlexNet's paper layout: 96 kernels of 11x11x3 (its Fig. 3), the unit conv1's convolution
   model = models.create("alexnet")
-  alexnet = Predictor("alexnet", model, train.init_variables(jax.random.key(0), model, (227, 227, 3)), (227, 227, 3),
-                      data.Dataset("imagenet2012", (), (), 1000, TFDS["imagenet2012"]))  # fmt: skip
+  alexnet = Predictor(
+    "alexnet",
+    model,
+    train.init_variables(jax.random.key(0), model, (227, 227, 3)),
+    (227, 227, 3),
+    data.Dataset("imagenet2012", (), (), 1000, TFDS["imagenet2012"]),
+  )
   name, kernel = first_kernel(alexnet)
   assert (name, kernel.shape) == ("conv1", (11, 11, 3, 96))
 
@@ -41,8 +48,12 @@ def test_the_stages_come_in_forward_order_with_their_shapes(lenet_workdir, tfds_
   predictor = Predictor.from_workdir(str(lenet_workdir))
   fitted, maps = stage_maps(predictor, data.load("digits", tfds_dir).test[0]["image"])
   # LeNet-5's Table/Fig. 2 sizes: C1 28x28x6, S2 14x14x6, C3 10x10x16, S4 5x5x16 (C5 is 1x1: a vector here)
-  assert [(name, m.shape) for name, m in maps] == [("C1", (28, 28, 6)), ("S2", (14, 14, 6)), ("C3", (10, 10, 16)),
-                                                   ("S4", (5, 5, 16))]  # fmt: skip
+  assert [(name, m.shape) for name, m in maps] == [
+    ("C1", (28, 28, 6)),
+    ("S2", (14, 14, 6)),
+    ("C3", (10, 10, 16)),
+    ("S4", (5, 5, 16)),
+  ]
   assert fitted.shape == (32, 32, 1) and fitted.dtype == np.uint8
 
 
@@ -50,7 +61,9 @@ def test_a_mosaic_puts_each_tile_in_its_place_with_a_gap():
   tiles = np.arange(5, dtype=np.float32)[:, None, None, None] * np.ones((5, 2, 3, 1), np.float32)
   grid = mosaic(tiles, columns=2)
   assert grid.shape == (3 * 3 - 1, 2 * 4 - 1, 1)  # 3 rows of 2-high tiles, 2 columns of 3-wide, 1-pixel gaps
-  assert grid[0, 0, 0] == 0 and grid[0, 4, 0] == 1 and grid[3, 0, 0] == 2 and grid[6, 4, 0] == 1  # the empty slot: white
+  assert (
+    grid[0, 0, 0] == 0 and grid[0, 4, 0] == 1 and grid[3, 0, 0] == 2 and grid[6, 4, 0] == 1
+  )  # the empty slot: white
   assert grid[2, 0, 0] == 1 and grid[0, 3, 0] == 1  # gaps
 
 
@@ -58,11 +71,29 @@ def test_the_commands_write_their_pictures(lenet_workdir, tmp_path):
   Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8), np.uint8)).save(tmp_path / "digit.png")
   for command, args in (("filters", []), ("activations", [tmp_path / "digit.png"])):
     out = tmp_path / f"{command}.png"
-    result = subprocess.run([sys.executable, "-m", "cnnjax.visualize", command, f"--workdir={lenet_workdir}", f"--out={out}",
-                             *map(str, args)], capture_output=True, text=True, cwd=ROOT, check=False)  # fmt: skip
+    result = subprocess.run(
+      [
+        sys.executable,
+        "-m",
+        "cnnjax.visualize",
+        command,
+        f"--workdir={lenet_workdir}",
+        f"--out={out}",
+        *map(str, args),
+      ],
+      capture_output=True,
+      text=True,
+      cwd=ROOT,
+      check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert out.read_bytes()[:4] == b"\x89PNG"
   assert "through C1, S2, C3, S4" in result.stdout
-  wrong = subprocess.run([sys.executable, "-m", "cnnjax.visualize", "activations", f"--workdir={lenet_workdir}"],
-                         capture_output=True, text=True, cwd=ROOT, check=False)  # fmt: skip
+  wrong = subprocess.run(
+    [sys.executable, "-m", "cnnjax.visualize", "activations", f"--workdir={lenet_workdir}"],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    check=False,
+  )
   assert wrong.returncode == 1 and "activations takes one image" in wrong.stderr

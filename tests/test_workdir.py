@@ -1,4 +1,5 @@
 """cnnjax.workdir: one owner per workdir (claims, heartbeats, takeovers), storage failures as one line."""
+
 import dataclasses
 import errno
 import json
@@ -82,8 +83,10 @@ else:
 def test_of_several_runs_racing_for_a_stale_claim_exactly_one_wins(tmp_path):
   write_owner(tmp_path, pid=dead_pid())
   start = str(time.time() + 2.0)
-  racers = [subprocess.Popen([sys.executable, "-c", RACE, str(tmp_path), start], stdout=subprocess.PIPE, text=True)
-            for _ in range(4)]  # fmt: skip
+  racers = [
+    subprocess.Popen([sys.executable, "-c", RACE, str(tmp_path), start], stdout=subprocess.PIPE, text=True)
+    for _ in range(4)
+  ]
   outcomes = sorted(p.communicate(timeout=60)[0].strip() for p in racers)
   assert outcomes == ["refused", "refused", "refused", "won"]
 
@@ -110,30 +113,37 @@ def test_heartbeats_move_the_claims_heartbeat_forward(tmp_path, monkeypatch):
     assert json.loads((tmp_path / workdir.CLAIM_FILE).read_text())["heartbeat"] > first and held.lost is None
 
 
-@pytest.mark.parametrize("error,reason", [
+@pytest.mark.parametrize(
+  "error,reason",
+  [
     (OSError(errno.ENOSPC, "No space left on device", "/w/metrics.jsonl"), "No space left on device"),
     (PermissionError(errno.EACCES, "Permission denied", "/w/config.json"), "Permission denied"),
     # tensorstore (Orbax) puts the OS error inside its own message
-    (ValueError('RESOURCE_EXHAUSTED: Error writing "params.F6.bias/0" in OCDBT database at local file "/w/c/": '
-                "Failed to write 180508 bytes to file 13: No space left on device [os_error_code='28']"),
-     "No space left on device"),
+    (
+      ValueError(
+        'RESOURCE_EXHAUSTED: Error writing "params.F6.bias/0" in OCDBT database at local file "/w/c/": '
+        "Failed to write 180508 bytes to file 13: No space left on device [os_error_code='28']"
+      ),
+      "No space left on device",
+    ),
     (ValueError("unknown model 'lenet6'"), None),  # not a storage failure: left as it is
-])  # fmt: skip
+  ],
+)
 def test_storage_failures_are_recognised_by_their_cause(error, reason):
   assert workdir.storage_reason(error) == reason
 
 
 def test_a_storage_failure_becomes_one_line_with_the_file_the_cause_and_what_to_do():
   advice = lambda reason: workdir.advice(reason, "/w/checkpoints", 230)
-  with pytest.raises(workdir.WorkdirError) as failed:
-    with workdir.storage_errors(advice):
-      raise PermissionError(errno.EACCES, "Permission denied", "/w/metrics.jsonl")
-  assert str(failed.value) == ("cannot write /w/metrics.jsonl: Permission denied. The last intact checkpoint is step "
-                               "230 (/w/checkpoints/230): make it writable and rerun the same command to resume "
-                               "from it.")  # fmt: skip
-  with pytest.raises(KeyError):  # anything else passes unchanged
-    with workdir.storage_errors(advice):
-      raise KeyError("a bug")
+  with pytest.raises(workdir.WorkdirError) as failed, workdir.storage_errors(advice):
+    raise PermissionError(errno.EACCES, "Permission denied", "/w/metrics.jsonl")
+  assert str(failed.value) == (
+    "cannot write /w/metrics.jsonl: Permission denied. The last intact checkpoint is step "
+    "230 (/w/checkpoints/230): make it writable and rerun the same command to resume "
+    "from it."
+  )
+  with pytest.raises(KeyError), workdir.storage_errors(advice):  # anything else passes unchanged
+    raise KeyError("a bug")
   assert "start again" in workdir.advice("No space left on device", "/w/checkpoints", None)
 
 

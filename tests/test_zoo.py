@@ -1,4 +1,5 @@
 """`python -m cnnjax.zoo`: the table, the breakdowns, the formats, the exit on a bad name."""
+
 import json
 import subprocess
 import sys

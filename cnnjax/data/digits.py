@@ -5,6 +5,9 @@ NIST's programs) that scikit-learn ships inside its package, so everything in cn
 Pixel counts 0..16 are scaled by 16 to uint8 (16 -> 255). The split is fixed: a permutation with seed 0,
 the first 1,500 for training and the remaining 297 for test.
 """
+
+from typing import ClassVar
+
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -24,24 +27,27 @@ class Digits(tfds.core.GeneratorBasedBuilder):
   """scikit-learn's 8x8 handwritten digits, 1,500 train / 297 test."""
 
   VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Fixed split: permutation seed 0, first 1,500 train."}
+  RELEASE_NOTES: ClassVar[dict] = {"1.0.0": "Fixed split: permutation seed 0, first 1,500 train."}
 
   def _info(self):
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict(
-            {
-                # a Tensor feature, not Image: preparing and reading it needs no TensorFlow
-                "image": tfds.features.Tensor(shape=(8, 8, 1), dtype=np.uint8),
-                "label": tfds.features.ClassLabel(num_classes=10),
-            }
-        ),
-        supervised_keys=("image", "label"),
-        homepage="https://archive.ics.uci.edu/dataset/80/optical+recognition+of+handwritten+digits",
+      features=tfds.features.FeaturesDict(
+        {
+          # a Tensor feature, not Image: preparing and reading it needs no TensorFlow
+          "image": tfds.features.Tensor(shape=(8, 8, 1), dtype=np.uint8),
+          "label": tfds.features.ClassLabel(num_classes=10),
+        }
+      ),
+      supervised_keys=("image", "label"),
+      homepage="https://archive.ics.uci.edu/dataset/80/optical+recognition+of+handwritten+digits",
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download
-    return {"train": self._generate_examples(slice(0, NUM_TRAIN)), "test": self._generate_examples(slice(NUM_TRAIN, None))}
+    return {
+      "train": self._generate_examples(slice(0, NUM_TRAIN)),
+      "test": self._generate_examples(slice(NUM_TRAIN, None)),
+    }
 
   def _generate_examples(self, part):
     images, labels = _arrays()

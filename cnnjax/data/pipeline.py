@@ -10,6 +10,7 @@ Evaluation: every test example exactly once. Each host reads ceil(N / process_co
 whole batches; padded slots carry mask 0. Every host yields the same number of batches, so pmapped
 collectives in the eval step line up.
 """
+
 import contextlib
 import dataclasses
 import math
@@ -33,8 +34,8 @@ class Layout:
   def __post_init__(self):
     if self.global_batch % (self.process_count * self.local_devices):
       raise ValueError(
-          f"batch size {self.global_batch} does not split evenly over {self.process_count} host(s) x "
-          f"{self.local_devices} device(s); use a multiple of {self.process_count * self.local_devices}"
+        f"batch size {self.global_batch} does not split evenly over {self.process_count} host(s) x "
+        f"{self.local_devices} device(s); use a multiple of {self.process_count * self.local_devices}"
       )
 
   @property
@@ -46,16 +47,22 @@ class Layout:
     return {k: v.reshape(self.local_devices, -1, *v.shape[1:]) for k, v in batch.items()}
 
 
-def fit_example(example: dict, input_shape, style: str, train: bool, rng: np.random.Generator | None = None) -> np.ndarray:
+def fit_example(
+  example: dict, input_shape, style: str, train: bool, rng: np.random.Generator | None = None
+) -> np.ndarray:
   """One example's image brought to the model's (H, W, C): the per-example part of each dataset's preprocessing."""
   size, _, channels = input_shape
   image = example["image"]
   if style == "imagenet":
-    image = transforms.random_resized_crop(image, rng, size) if train else transforms.resize_shorter_center_crop(image, size)
+    image = (
+      transforms.random_resized_crop(image, rng, size) if train else transforms.resize_shorter_center_crop(image, size)
+    )
   elif image.shape[:2] != (size, size):
     # MNIST's 28x28 digits are padded into LeNet-5's 32x32 field; other sizes are resized
     small_margin = image.shape[0] < size <= image.shape[0] + 4
-    image = transforms.center_pad(image, size) if style == "small" and small_margin else transforms.resize(image, size, size)
+    image = (
+      transforms.center_pad(image, size) if style == "small" and small_margin else transforms.resize(image, size, size)
+    )
   return transforms.to_channels(image, channels)
 
 
@@ -71,20 +78,24 @@ def read_batch(source, indices, input_shape, style: str, train: bool, rng=None, 
   indices = np.asarray(indices)
   if hasattr(source, "read_batch") and source.image_shape == tuple(input_shape) and style != "imagenet":
     return source.read_batch(indices)
-  records = source.__getitems__(indices.tolist()) if hasattr(source, "__getitems__") else [source[int(i)] for i in indices]
+  records = (
+    source.__getitems__(indices.tolist()) if hasattr(source, "__getitems__") else [source[int(i)] for i in indices]
+  )
   rngs = [None] * len(records)
   if rng is not None and style == "imagenet" and train:
     key = int(rng.integers(2**63))  # every host makes this one draw from the batch's generator
     rngs = [np.random.default_rng([key, first + i]) for i in range(len(records))]
   images = [
-      r["image"] if r["image"].shape == tuple(input_shape) and style != "imagenet" else fit_example(r, input_shape, style, train, g)
-      for r, g in zip(records, rngs)
+    r["image"]
+    if r["image"].shape == tuple(input_shape) and style != "imagenet"
+    else fit_example(r, input_shape, style, train, g)
+    for r, g in zip(records, rngs)
   ]
   return {"image": np.stack(images), "label": np.array([r["label"] for r in records], np.int32)}
 
 
 def train_batches(
-    dataset: Dataset, input_shape, layout: Layout, seed: int, augment: bool = True, workers: int = 0, prefetch: int = 4
+  dataset: Dataset, input_shape, layout: Layout, seed: int, augment: bool = True, workers: int = 0, prefetch: int = 4
 ) -> grain.IterDataset:
   """An endless, checkpointable stream of training batches for this host.
 
@@ -114,7 +125,9 @@ def eval_batch_count(num_examples: int, layout: Layout) -> int:
   return math.ceil(math.ceil(num_examples / layout.process_count) / layout.local_batch)
 
 
-def eval_batches(dataset: Dataset, input_shape, layout: Layout, workers: int = 0, prefetch: int = 4) -> grain.IterDataset:
+def eval_batches(
+  dataset: Dataset, input_shape, layout: Layout, workers: int = 0, prefetch: int = 4
+) -> grain.IterDataset:
   """The test split once, in order, this host's share; each batch has 'mask' (1 real, 0 padding)."""
   input_shape, test = tuple(input_shape), dataset.test
   slots = eval_batch_count(len(test), layout) * layout.local_batch

@@ -7,6 +7,7 @@
 - `imagefolder:/path`: the user's PNG/JPEG files, one sub-folder per class, under train/ and test/;
 - `fake` or `fake:HxWxC:CLASSES`: random images, for benchmarks.
 """
+
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -14,7 +15,8 @@ import logging
 import os
 import pathlib
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from etils import epath
@@ -38,19 +40,19 @@ class Spec:
 
 
 TFDS = {
-    "mnist": Spec("small", ((33.32,), (78.57,)), tfds_name="mnist"),
-    "cifar10": Spec("cifar", ((125.31, 122.95, 113.87), (62.99, 62.09, 66.70)), tfds_name="cifar10"),
-    "cifar100": Spec("cifar", ((129.30, 124.07, 112.43), (68.17, 65.39, 70.42)), tfds_name="cifar100"),
-    "imagenet2012": Spec("imagenet", test_split="validation", tfds_name="imagenet2012"),
-    "imagenette": Spec("imagenet", test_split="validation", tfds_name="imagenette"),
+  "mnist": Spec("small", ((33.32,), (78.57,)), tfds_name="mnist"),
+  "cifar10": Spec("cifar", ((125.31, 122.95, 113.87), (62.99, 62.09, 66.70)), tfds_name="cifar10"),
+  "cifar100": Spec("cifar", ((129.30, 124.07, 112.43), (68.17, 65.39, 70.42)), tfds_name="cifar100"),
+  "imagenet2012": Spec("imagenet", test_split="validation", tfds_name="imagenet2012"),
+  "imagenette": Spec("imagenet", test_split="validation", tfds_name="imagenette"),
 }
 NAMES = ("digits", *TFDS, "imagefolder:/path", "fake", "fake:HxWxC:CLASSES")
 
 PREPARE = {
-    "imagenet2012": (
-        "download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from image-net.org into a folder DIR, then\n"
-        "  tfds build imagenet2012 --file_format=array_record --data_dir={data_dir} --manual_dir=DIR"
-    ),
+  "imagenet2012": (
+    "download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from image-net.org into a folder DIR, then\n"
+    "  tfds build imagenet2012 --file_format=array_record --data_dir={data_dir} --manual_dir=DIR"
+  ),
 }
 
 
@@ -86,7 +88,9 @@ class Dataset:
 
 def imagenet_classes() -> dict[str, str]:
   """ImageNet's 1000 classes in label order: WordNet id -> the name torchvision gives it (shipped with cnnjax)."""
-  return dict(line.split("\t") for line in (pathlib.Path(__file__).parent / "imagenet_classes.tsv").read_text().splitlines())
+  return dict(
+    line.split("\t") for line in (pathlib.Path(__file__).parent / "imagenet_classes.tsv").read_text().splitlines()
+  )
 
 
 def readable_names(names) -> tuple[str, ...]:
@@ -108,7 +112,9 @@ def load(name: str, data_dir: str | None = None, bad_images: str = "skip") -> Da
   if name == "fake" or name.startswith("fake:"):
     return _fake(name)
   if not name:  # a config that leaves the choice to the user (configs/finetune.py)
-    raise DatasetError(f"no dataset given: set --config.dataset (your images: imagefolder:/path); valid: {', '.join(NAMES)}")
+    raise DatasetError(
+      f"no dataset given: set --config.dataset (your images: imagefolder:/path); valid: {', '.join(NAMES)}"
+    )
   raise DatasetError(f"unknown dataset {name!r}; valid: {', '.join(NAMES)}")
 
 
@@ -136,11 +142,11 @@ def _tfds(name: str, data_dir: str | None) -> Dataset:
     how = PREPARE.get(name, "tfds build {name} --file_format=array_record --data_dir={data_dir}")
     found = " (it is prepared there, but not as array_record files)" if prepared else ""
     raise DatasetError(
-        f"dataset {name!r} is not prepared in {builder.data_dir}{found}.\n"
-        f"Prepare it once (this step needs TensorFlow: pip install -e '.[prepare]'):\n"
-        f"  {how.format(name=spec.tfds_name, data_dir=root)}\n"
-        f"(set TFDS_DATA_DIR or the config's data_dir to read another directory). Or run offline on the bundled "
-        f"'digits' dataset: --config=configs/NAME.py:local."
+      f"dataset {name!r} is not prepared in {builder.data_dir}{found}.\n"
+      f"Prepare it once (this step needs TensorFlow: pip install -e '.[prepare]'):\n"
+      f"  {how.format(name=spec.tfds_name, data_dir=root)}\n"
+      f"(set TFDS_DATA_DIR or the config's data_dir to read another directory). Or run offline on the bundled "
+      f"'digits' dataset: --config=configs/NAME.py:local."
     )
   if is_remote(builder.data_dir):
     builder = tfds.builder(spec.tfds_name, data_dir=cloud.local_data_dir(root, builder.data_dir))
@@ -216,7 +222,9 @@ def _fake(name: str) -> Dataset:
     except (ValueError, AssertionError):
       raise DatasetError(f"cannot read {name!r}: write fake:HxWxC:CLASSES, e.g. fake:224x224x3:1000") from None
   stats = ((127.5,) * shape[2], (73.6,) * shape[2])  # uniform over 0..255
-  return Dataset(name, FakeSource(10_000, shape, classes, 0), FakeSource(1_000, shape, classes, 1), classes, Spec(style(name), stats))
+  return Dataset(
+    name, FakeSource(10_000, shape, classes, 0), FakeSource(1_000, shape, classes, 1), classes, Spec(style(name), stats)
+  )
 
 
 BAD_IMAGES = ("skip", "stop")
@@ -299,12 +307,19 @@ def _drop_unreadable(splits: list[dict[str, list[str]]], root, bad_images: str):
     bad = {f: why for f, why in zip(files, pool.map(_readable_header, files)) if why}
   if not bad:
     return
-  listing = "; ".join(f"{f}: {why}" for f, why in list(bad.items())[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+  listing = "; ".join(f"{f}: {why}" for f, why in list(bad.items())[:5]) + (
+    f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
+  )
   if bad_images == "stop":
-    raise DatasetError(f"image folder {root}: {len(bad)} of {len(files)} files cannot be read as images: {listing} "
-                       "(the config's bad_images='skip' leaves them out instead)")  # fmt: skip
-  print(f"warning: image folder {root}: {len(bad)} of {len(files)} files cannot be read as images, left out: "
-        f"{listing}", file=sys.stderr, flush=True)  # fmt: skip
+    raise DatasetError(
+      f"image folder {root}: {len(bad)} of {len(files)} files cannot be read as images: {listing} "
+      "(the config's bad_images='skip' leaves them out instead)"
+    )
+  print(
+    f"warning: image folder {root}: {len(bad)} of {len(files)} files cannot be read as images, left out: {listing}",
+    file=sys.stderr,
+    flush=True,
+  )
   for split in splits:
     for c in split:
       split[c] = [f for f in split[c] if f not in bad]
@@ -325,14 +340,18 @@ def image_folder(path: str, test_fraction: float = 0.1, bad_images: str = "skip"
     test = _class_files(root / "test", suffixes, others) if (root / "test").is_dir() else None
     if test is not None and set(train) != set(test):
       raise DatasetError(
-          f"the class folders of {root / 'train'} and {root / 'test'} differ: only in train: "
-          f"{sorted(set(train) - set(test)) or 'none'}; only in test: {sorted(set(test) - set(train)) or 'none'}"
+        f"the class folders of {root / 'train'} and {root / 'test'} differ: only in train: "
+        f"{sorted(set(train) - set(test)) or 'none'}; only in test: {sorted(set(test) - set(train)) or 'none'}"
       )
   else:
     train, test = _class_files(root, suffixes, others), None
   if others:
-    print(f"note: image folder {root}: {len(others)} file(s) that are not images left out: "
-          f"{', '.join(others[:5])}{' ...' if len(others) > 5 else ''}", file=sys.stderr, flush=True)  # fmt: skip
+    print(
+      f"note: image folder {root}: {len(others)} file(s) that are not images left out: "
+      f"{', '.join(others[:5])}{' ...' if len(others) > 5 else ''}",
+      file=sys.stderr,
+      flush=True,
+    )
   _drop_unreadable([train] + ([test] if test is not None else []), root, bad_images)
   classes = sorted(train)
   empty = [c for c in classes if not train[c]]
@@ -377,7 +396,9 @@ def _labels(source) -> np.ndarray:
   if hasattr(source, "labels"):  # in memory
     return np.asarray(source.labels)
   everything = range(len(source))
-  records = source.__getitems__(list(everything)) if hasattr(source, "__getitems__") else [source[i] for i in everything]
+  records = (
+    source.__getitems__(list(everything)) if hasattr(source, "__getitems__") else [source[i] for i in everything]
+  )
   return np.array([r["label"] for r in records])
 
 
@@ -388,7 +409,9 @@ def subset(dataset: Dataset, classes=(), shots: int = 0) -> Dataset:
   Finding the labels reads each example once (a moment for digits or CIFAR; long for ImageNet)."""
   classes = [int(c) for c in classes] or list(range(dataset.num_classes))
   if not all(0 <= c < dataset.num_classes for c in classes) or len(set(classes)) != len(classes):
-    raise DatasetError(f"classes {tuple(classes)} must be distinct labels of {dataset.name}, from 0 to {dataset.num_classes - 1}")
+    raise DatasetError(
+      f"classes {tuple(classes)} must be distinct labels of {dataset.name}, from 0 to {dataset.num_classes - 1}"
+    )
   relabel = {c: i for i, c in enumerate(classes)}
 
   def keep(source, shots):
@@ -397,5 +420,6 @@ def subset(dataset: Dataset, classes=(), shots: int = 0) -> Dataset:
     return Subset(source, np.sort(np.concatenate(rows)), relabel)
 
   names = tuple(dataset.class_names[c] for c in classes) if dataset.class_names else ()
-  return dataclasses.replace(dataset, train=keep(dataset.train, shots), test=keep(dataset.test, 0), num_classes=len(classes),
-                             class_names=names)  # fmt: skip
+  return dataclasses.replace(
+    dataset, train=keep(dataset.train, shots), test=keep(dataset.test, 0), num_classes=len(classes), class_names=names
+  )

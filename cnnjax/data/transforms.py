@@ -4,13 +4,16 @@ Given the same generator state they return the same result, so a pipeline seeded
 deterministic. Everything stays uint8 until `normalize`, which runs on the accelerator inside the step
 (a quarter of the bytes to move, and no float work on the host).
 """
+
 import math
 
 import numpy as np
 from PIL import Image
 
 
-def pad_crop_flip(images: np.ndarray, rng: np.random.Generator, pad: int = 4, first: int = 0, total: int | None = None) -> np.ndarray:
+def pad_crop_flip(
+  images: np.ndarray, rng: np.random.Generator, pad: int = 4, first: int = 0, total: int | None = None
+) -> np.ndarray:
   """CIFAR augmentation for a batch: zero-pad by `pad`, take a random crop of the original size, flip half.
 
   He et al. 2015, section 4.2: "4 pixels are padded on each side, and a 32x32 crop is randomly sampled
@@ -52,7 +55,11 @@ def random_crop_window(height: int, width: int, rng: np.random.Generator, area=(
     if 0 < cw <= width and 0 < ch <= height:
       return int(rng.integers(0, height - ch + 1)), int(rng.integers(0, width - cw + 1)), ch, cw
   ratio = min(max(width / height, aspect[0]), aspect[1])
-  cw, ch = (width, min(height, round(width / ratio))) if width / height < ratio else (min(width, round(height * ratio)), height)
+  cw, ch = (
+    (width, min(height, round(width / ratio)))
+    if width / height < ratio
+    else (min(width, round(height * ratio)), height)
+  )
   return (height - ch) // 2, (width - cw) // 2, ch, cw
 
 
@@ -77,7 +84,7 @@ def resize_shorter_center_crop(image: np.ndarray, size: int, shorter: int | None
   else:
     image = resize(image, max(size, int(shorter * h / w)), max(size, shorter))
   h, w = image.shape[:2]
-  y, x = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+  y, x = round((h - size) / 2.0), round((w - size) / 2.0)
   return image[y : y + size, x : x + size]
 
 

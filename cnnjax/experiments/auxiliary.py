@@ -14,13 +14,14 @@ Writes WORKDIR/auxiliary.json (per run: final errors and both gradient profiles)
 per run) and auxiliary.png (gradient norm per stage at initialisation and at the end; test error against
 iterations).
 """
+
 import json
 
 import numpy as np
 from etils import epath
 
-from cnnjax import config as config_lib
 from cnnjax import cli, gradflow, metrics, train
+from cnnjax import config as config_lib
 from cnnjax import workdir as workdir_lib
 from cnnjax.experiments import runs
 
@@ -65,11 +66,16 @@ def run(workdir: str, seeds=(0,), data_dir: str = "", **overrides) -> list[dict]
         run = train.build(config)
         with gradflow.training_batches(run) as stream:
           probe = next(stream)
-        results.append({
-            "run": name, "aux_heads": aux_heads, "seed": seed, **metrics.final_errors(workdir / name),
+        results.append(
+          {
+            "run": name,
+            "aux_heads": aux_heads,
+            "seed": seed,
+            **metrics.final_errors(workdir / name),
             "gradients_at_init": gradient_profile(train.initial_state(run), probe, run),
             "gradients_at_end": gradient_profile(train.latest_state(run, str(workdir / name)), probe, run),
-        })  # fmt: skip
+          }
+        )
     (workdir / "auxiliary.json").write_text(json.dumps(results, indent=1))
     metrics.write_csv(workdir / "auxiliary.csv", [csv_row(r) for r in results])
     plot(workdir, results)
@@ -95,27 +101,40 @@ def plot(workdir, results: list[dict]):
         profile = r[f"gradients_at_{when}"]
         color = "C0" if r["aux_heads"] else "C3"
         label = ("with auxiliary heads" if r["aux_heads"] else "without") if r["seed"] == results[0]["seed"] else None
-        ax.semilogy(range(len(profile)), [p["grad_norm"] for p in profile], "o-", color=color, markersize=3, label=label)
+        ax.semilogy(
+          range(len(profile)), [p["grad_norm"] for p in profile], "o-", color=color, markersize=3, label=label
+        )
       stages = [p["stage"].replace("inception_", "") for p in results[0][f"gradients_at_{when}"]]
       ax.set_xticks(range(len(stages)), stages, rotation=60, fontsize=7)
-      ax.set(ylabel="gradient norm", title=f"gradient reaching each stage, {'at initialisation' if when == 'init' else 'after training'}")
+      ax.set(
+        ylabel="gradient norm",
+        title=f"gradient reaching each stage, {'at initialisation' if when == 'init' else 'after training'}",
+      )
       ax.grid(alpha=0.3, which="both")
       ax.legend(fontsize=7)
     for r in results:
-      lines = [l for l in metrics.read_metrics(workdir / r["run"] / "metrics.jsonl") if "eval_accuracy" in l]
-      axes[2].plot([l["step"] for l in lines], [100 * (1 - l["eval_accuracy"]) for l in lines],
-                   color="C0" if r["aux_heads"] else "C3", label=r["run"])  # fmt: skip
+      lines = [line for line in metrics.read_metrics(workdir / r["run"] / "metrics.jsonl") if "eval_accuracy" in line]
+      axes[2].plot(
+        [line["step"] for line in lines],
+        [100 * (1 - line["eval_accuracy"]) for line in lines],
+        color="C0" if r["aux_heads"] else "C3",
+        label=r["run"],
+      )
     axes[2].set(xlabel="iterations", ylabel="test error (%)", title="test error", yscale="log")
     axes[2].grid(alpha=0.3, which="both")
     axes[2].legend(fontsize=7)
 
 
 def summary_table(results: list[dict]) -> str:
-  lines = ["| run | training error (%) | test error (%) | lower layers' gradient at init | at end |",
-           "|---|---|---|---|---|"]  # fmt: skip
+  lines = [
+    "| run | training error (%) | test error (%) | lower layers' gradient at init | at end |",
+    "|---|---|---|---|---|",
+  ]
   for r in map(csv_row, results):
-    lines.append(f"| {r['run']} | {r['train_error']:.1f} | {r['test_error']:.1f} | {r['lower_grad_init']:.3g} "
-                 f"| {r['lower_grad_end']:.3g} |")  # fmt: skip
+    lines.append(
+      f"| {r['run']} | {r['train_error']:.1f} | {r['test_error']:.1f} | {r['lower_grad_init']:.3g} "
+      f"| {r['lower_grad_end']:.3g} |"
+    )
   return "\n".join(lines)
 
 

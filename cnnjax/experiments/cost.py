@@ -13,6 +13,7 @@ Writes into WORKDIR:
 Every multiply-add and depth is counted from the traced model (cnnjax/complexity.py); top-5 errors are the
 papers' own, with their source.
 """
+
 import json
 from typing import NamedTuple
 
@@ -26,8 +27,12 @@ FLAGS = flags.FLAGS
 
 # Fig. 3's networks; the paper's ResNet-34 there has identity shortcuts with zero-padding where the width
 # grows (option A: no parameters, no multiply-adds), option B projects with 1x1 convs instead.
-FIG3_MODELS = {"vgg19": ("vgg19", {}), "plain34": ("plain34", {}), "resnet34-A": ("resnet34", {"shortcut": "A"}),
-               "resnet34-B": ("resnet34", {"shortcut": "B"})}  # fmt: skip
+FIG3_MODELS = {
+  "vgg19": ("vgg19", {}),
+  "plain34": ("plain34", {}),
+  "resnet34-A": ("resnet34", {"shortcut": "A"}),
+  "resnet34-B": ("resnet34", {"shortcut": "B"}),
+}
 
 
 class Entry(NamedTuple):
@@ -44,11 +49,11 @@ class Entry(NamedTuple):
 # 2011 and 2013 winners are neither in the zoo nor in those papers, so they are left out rather than quoted
 # from memory.
 ILSVRC = (
-    Entry(2012, "runner-up, no CNN", 26.2, "AlexNet paper, abstract"),
-    Entry(2012, "AlexNet, 7 CNNs", 15.3, "AlexNet paper, abstract", "alexnet"),
-    Entry(2014, "VGG, 7 nets (2nd)", 7.3, "VGG paper, Table 7", "vgg19"),
-    Entry(2014, "GoogLeNet, 7 models", 6.67, "GoogLeNet paper, Tables 2-3", "googlenet"),
-    Entry(2015, "ResNet, ensemble", 3.57, "ResNet paper, Table 5", "resnet152"),
+  Entry(2012, "runner-up, no CNN", 26.2, "AlexNet paper, abstract"),
+  Entry(2012, "AlexNet, 7 CNNs", 15.3, "AlexNet paper, abstract", "alexnet"),
+  Entry(2014, "VGG, 7 nets (2nd)", 7.3, "VGG paper, Table 7", "vgg19"),
+  Entry(2014, "GoogLeNet, 7 models", 6.67, "GoogLeNet paper, Tables 2-3", "googlenet"),
+  Entry(2015, "ResNet, ensemble", 3.57, "ResNet paper, Table 5", "resnet152"),
 )
 
 
@@ -98,19 +103,28 @@ def plot_fig3(rows: list[dict], path):
         width = stage["macs"] / 1e9
         ax.barh(y, width, left=left, color=colors[stage["stage"]], edgecolor="white", linewidth=0.5)
         left += width
-      ax.text(left + 0.2, y, f"{row['macs'] / 1e9:.2f} G = {row['over_resnet34']:.2f}x ResNet-34", va="center", fontsize=8)
+      ax.text(
+        left + 0.2, y, f"{row['macs'] / 1e9:.2f} G = {row['over_resnet34']:.2f}x ResNet-34", va="center", fontsize=8
+      )
     ax.set_yticks(range(len(rows)), [r["model"] for r in reversed(rows)])
     ax.set(xlabel="multiply-adds (billions), one 224x224 image", title="ResNet paper, Fig. 3: multiply-adds per stage")
     ax.set_xlim(0, max(r["macs"] for r in rows) / 1e9 * 1.4)
-    ax.legend([patches.Rectangle((0, 0), 1, 1, color=colors[n]) for n in stage_names], stage_names, fontsize=7, ncol=2,
-              loc="lower right")  # fmt: skip
+    ax.legend(
+      [patches.Rectangle((0, 0), 1, 1, color=colors[n]) for n in stage_names],
+      stage_names,
+      fontsize=7,
+      ncol=2,
+      loc="lower right",
+    )
 
 
 def plot_inception(rows: list[dict], path):
   with metrics.figure(path, figsize=(8, 3.5)) as ax:
     x = range(len(rows))
     ax.bar([i - 0.2 for i in x], [r["naive_macs"] / 1e6 for r in rows], 0.4, label="naive (Fig. 2a)", color="C3")
-    ax.bar([i + 0.2 for i in x], [r["reduced_macs"] / 1e6 for r in rows], 0.4, label="1x1 reductions (Fig. 2b)", color="C0")
+    ax.bar(
+      [i + 0.2 for i in x], [r["reduced_macs"] / 1e6 for r in rows], 0.4, label="1x1 reductions (Fig. 2b)", color="C0"
+    )
     for i, r in zip(x, rows):
       ax.text(i, r["naive_macs"] / 1e6, f"{r['naive_over_reduced']:.1f}x", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(list(x), [f"{r['module']}\n{r['input']}" for r in rows], fontsize=7)
@@ -135,9 +149,15 @@ def markdown(tables: dict) -> str:
   lines = ["| network | multiply-adds | / ResNet-34 |", "|---|---|---|"]
   lines += [f"| {r['model']} | {r['macs']:,} | {r['over_resnet34']:.2f}x |" for r in tables["fig3"]]
   lines += ["", "| module | input | naive | with 1x1 reductions | naive / reduced |", "|---|---|---|---|---|"]
-  lines += [f"| {r['module']} | {r['input']} | {r['naive_macs']:,} | {r['reduced_macs']:,} | {r['naive_over_reduced']:.2f}x |"
-            for r in tables["inception"]]  # fmt: skip
-  lines += ["", "| year | entry | top-5 error (%) | network | depth | multiply-adds | source |", "|---|---|---|---|---|---|---|"]
+  lines += [
+    f"| {r['module']} | {r['input']} | {r['naive_macs']:,} | {r['reduced_macs']:,} | {r['naive_over_reduced']:.2f}x |"
+    for r in tables["inception"]
+  ]
+  lines += [
+    "",
+    "| year | entry | top-5 error (%) | network | depth | multiply-adds | source |",
+    "|---|---|---|---|---|---|---|",
+  ]
   for r in tables["ilsvrc"]:
     cost = f"{r['model']} | {r['depth']} | {r['macs']:,}" if r["model"] else "| |"
     lines.append(f"| {r['year']} | {r['entry']} | {r['top5_error']} | {cost} | {r['source']} |")

@@ -10,14 +10,15 @@ resumes unfinished ones from their checkpoints. Writes WORKDIR/degradation.png (
 error thin, against iterations, one panel per family, in the paper's style; one line per seed) and
 degradation.json / .csv (final errors of every run).
 """
+
 import json
 
 from absl import flags
 from etils import epath
 
 from cnnjax import cli, metrics
-from cnnjax import workdir as workdir_lib
 from cnnjax import config as config_lib
+from cnnjax import workdir as workdir_lib
 from cnnjax.experiments import runs
 
 FLAGS = flags.FLAGS
@@ -30,8 +31,9 @@ def run_config(depth: int, residual: bool, dataset: str, seed: int = 0):
   return config
 
 
-def run(dataset: str, depths: list[int], workdir: str, epochs: float = 0, data_dir: str = "", seeds=(0,),
-        **overrides) -> list[dict]:  # fmt: skip
+def run(
+  dataset: str, depths: list[int], workdir: str, epochs: float = 0, data_dir: str = "", seeds=(0,), **overrides
+) -> list[dict]:
   """Train (or skip, or resume) every net; write the figure and the tables; return the table's rows."""
   workdir = epath.Path(workdir)
   rows = []
@@ -47,8 +49,16 @@ def run(dataset: str, depths: list[int], workdir: str, epochs: float = 0, data_d
             config.num_epochs, config.num_steps = epochs, 0
           config.update(overrides)
           runs.train_once(config, workdir / name)
-          rows.append({"run": name, "net": net, "depth": depth, "residual": residual, "seed": seed,
-                       **metrics.final_errors(workdir / name)})  # fmt: skip
+          rows.append(
+            {
+              "run": name,
+              "net": net,
+              "depth": depth,
+              "residual": residual,
+              "seed": seed,
+              **metrics.final_errors(workdir / name),
+            }
+          )
     (workdir / "degradation.json").write_text(json.dumps(rows, indent=1))
     metrics.write_csv(workdir / "degradation.csv", rows)
     plot(workdir, rows, dataset)
@@ -76,13 +86,24 @@ def plot(workdir, rows, dataset):
       nets = list(dict.fromkeys(r["net"] for r in family))
       for row in family:
         lines = metrics.read_metrics(workdir / row["run"] / "metrics.jsonl")
-        train_lines = [l for l in lines if "train_accuracy" in l]
-        test_lines = [l for l in lines if "eval_accuracy" in l]
+        train_lines = [line for line in lines if "train_accuracy" in line]
+        test_lines = [line for line in lines if "eval_accuracy" in line]
         color, first_seed = f"C{nets.index(row['net'])}", row is next(r for r in family if r["net"] == row["net"])
-        ax.plot([l["step"] for l in train_lines], [100 * (1 - l["train_accuracy"]) for l in train_lines], color=color,
-                linewidth=2.2, label=f"{row['net']} train" if first_seed else None)  # fmt: skip
-        ax.plot([l["step"] for l in test_lines], [100 * (1 - l["eval_accuracy"]) for l in test_lines], color=color,
-                linewidth=0.9, linestyle="--", label=f"{row['net']} test" if first_seed else None)  # fmt: skip
+        ax.plot(
+          [line["step"] for line in train_lines],
+          [100 * (1 - line["train_accuracy"]) for line in train_lines],
+          color=color,
+          linewidth=2.2,
+          label=f"{row['net']} train" if first_seed else None,
+        )
+        ax.plot(
+          [line["step"] for line in test_lines],
+          [100 * (1 - line["eval_accuracy"]) for line in test_lines],
+          color=color,
+          linewidth=0.9,
+          linestyle="--",
+          label=f"{row['net']} test" if first_seed else None,
+        )
       ax.set(title=f"{'ResNet' if residual else 'plain'} on {dataset}", xlabel="iterations", ylabel="error (%)")
       ax.grid(alpha=0.3)
       ax.legend(fontsize=8)
@@ -90,7 +111,9 @@ def plot(workdir, rows, dataset):
 
 def define_flags():
   """Defined only when run as a command, so that importing several commands together is safe."""
-  flags.DEFINE_enum("dataset", "digits", ["digits", "cifar10"], "digits: offline, reduced schedule; cifar10: the paper's.")
+  flags.DEFINE_enum(
+    "dataset", "digits", ["digits", "cifar10"], "digits: offline, reduced schedule; cifar10: the paper's."
+  )
   cli.define_integer_list("depths", "20,56", "Depths 6n+2 to train, plain and residual.")
   flags.DEFINE_string("workdir", None, "Default: runs/degradation-DATASET.")
   cli.define_integer_list("seeds", "0", "Seeds to train each net with (initialisation, data order, augmentation).")
@@ -102,8 +125,9 @@ def main(argv):
   del argv
   cli.start()
   workdir = FLAGS.workdir or f"runs/degradation-{FLAGS.dataset}"
-  rows = run(FLAGS.dataset, [int(d) for d in FLAGS.depths], workdir, FLAGS.epochs, FLAGS.data_dir,
-             [int(s) for s in FLAGS.seeds])  # fmt: skip
+  rows = run(
+    FLAGS.dataset, [int(d) for d in FLAGS.depths], workdir, FLAGS.epochs, FLAGS.data_dir, [int(s) for s in FLAGS.seeds]
+  )
   print(summary_table(rows))
   print(f"\nwrote {workdir}/degradation.png, degradation.json, degradation.csv")
 

@@ -1,4 +1,5 @@
 """What every experiment does with its runs: train each once, read its final errors, write its table."""
+
 from absl import flags
 from etils import epath
 

@@ -9,6 +9,7 @@ pretrained body: trainable='head') and `scratch` (no pretraining). Test error on
 Writes WORKDIR/source (the pretrained run), WORKDIR/{finetune,probe,scratch}-sS, transfer.csv (one line per run)
 and transfer.png (test error per way and seed; test error against iterations). Rerunning skips finished runs.
 """
+
 import numpy as np
 from etils import epath
 
@@ -41,8 +42,15 @@ def run(workdir: str, seeds=(0,), data_dir: str = "", **overrides) -> list[dict]
     source.data_dir = data_dir
     source.update(overrides)
     runs.train_once(source, workdir / "source")
-    results.append({"run": "source", "way": "pretrain on 0-4", "seed": 0, **metrics.final_errors(workdir / "source"),
-                    f"test_error_at_{EARLY}": None})  # fmt: skip
+    results.append(
+      {
+        "run": "source",
+        "way": "pretrain on 0-4",
+        "seed": 0,
+        **metrics.final_errors(workdir / "source"),
+        f"test_error_at_{EARLY}": None,
+      }
+    )
     for seed in seeds:
       for way in WAYS:
         config = run_config(way, str(workdir / "source"), seed)
@@ -50,8 +58,15 @@ def run(workdir: str, seeds=(0,), data_dir: str = "", **overrides) -> list[dict]
         config.update(overrides)
         runs.train_once(config, workdir / f"{way}-s{seed}")
         name = f"{way}-s{seed}"
-        results.append({"run": name, "way": way, "seed": seed, **metrics.final_errors(workdir / name),
-                        f"test_error_at_{EARLY}": early_error(workdir / name)})  # fmt: skip
+        results.append(
+          {
+            "run": name,
+            "way": way,
+            "seed": seed,
+            **metrics.final_errors(workdir / name),
+            f"test_error_at_{EARLY}": early_error(workdir / name),
+          }
+        )
     metrics.write_csv(workdir / "transfer.csv", results)
     plot(workdir, results)
   return results
@@ -59,7 +74,11 @@ def run(workdir: str, seeds=(0,), data_dir: str = "", **overrides) -> list[dict]
 
 def early_error(run_dir) -> float | None:
   """Test error (%) at the evaluation at iteration EARLY, if the run had one."""
-  lines = [l for l in metrics.read_metrics(epath.Path(run_dir) / "metrics.jsonl") if l.get("step") == EARLY and "eval_accuracy" in l]
+  lines = [
+    line
+    for line in metrics.read_metrics(epath.Path(run_dir) / "metrics.jsonl")
+    if line.get("step") == EARLY and "eval_accuracy" in line
+  ]
   return 100 * (1 - lines[0]["eval_accuracy"]) if lines else None
 
 
@@ -72,20 +91,30 @@ def plot(workdir, results: list[dict]):
       bars.plot([i] * len(errors), errors, "o", color=COLORS[way], markersize=5)
       bars.text(i, 1, f"mean\n{np.mean(errors):.1f}%", ha="center", va="bottom")  # inside the bar, clear of the dots
     bars.set_xticks(range(len(WAYS)), list(WAYS.values()))
-    bars.set(ylabel="test error on digits 5-9 (%)", title=f"10 examples per class, {len(trained) // len(WAYS)} seed(s) (dots)")
+    bars.set(
+      ylabel="test error on digits 5-9 (%)", title=f"10 examples per class, {len(trained) // len(WAYS)} seed(s) (dots)"
+    )
     bars.grid(alpha=0.3, axis="y")
     for r in trained:
-      lines = [l for l in metrics.read_metrics(workdir / r["run"] / "metrics.jsonl") if "eval_accuracy" in l]
-      curves.plot([l["step"] for l in lines], [100 * (1 - l["eval_accuracy"]) for l in lines], color=COLORS[r["way"]],
-                  label=WAYS[r["way"]] if r["seed"] == trained[0]["seed"] else None)  # fmt: skip
-    curves.set(xlabel="iterations (batch 50: the whole training set)", ylabel="test error (%)", title="test error while training")
+      lines = [line for line in metrics.read_metrics(workdir / r["run"] / "metrics.jsonl") if "eval_accuracy" in line]
+      curves.plot(
+        [line["step"] for line in lines],
+        [100 * (1 - line["eval_accuracy"]) for line in lines],
+        color=COLORS[r["way"]],
+        label=WAYS[r["way"]] if r["seed"] == trained[0]["seed"] else None,
+      )
+    curves.set(
+      xlabel="iterations (batch 50: the whole training set)", ylabel="test error (%)", title="test error while training"
+    )
     curves.grid(alpha=0.3)
     curves.legend(fontsize=8)
 
 
 def summary_table(results: list[dict]) -> str:
-  lines = [f"| way | seeds | test error (%) at the end: mean | per seed | at {EARLY} iterations: mean | per seed |",
-           "|---|---|---|---|---|---|"]  # fmt: skip
+  lines = [
+    f"| way | seeds | test error (%) at the end: mean | per seed | at {EARLY} iterations: mean | per seed |",
+    "|---|---|---|---|---|---|",
+  ]
   for way, label in {"pretrain on 0-4": "pretrained on digits 0-4 (its own test set)", **WAYS}.items():
     rows = [r for r in results if r["way"] == way]
     cells = []

@@ -11,14 +11,23 @@ before fc6 and fc7, PyTorch's default initialisation.
 `norm='batchnorm'` puts BatchNorm after every conv in place of LRN; `norm='none'` drops both. Inputs
 other than the paper's are average-pooled onto the 6x6 grid fc6 expects.
 """
+
 import functools
 from typing import NamedTuple
 
 import flax.linen as nn
 
 from cnnjax.models.blocks import ConvUnit
-from cnnjax.models.layers import (Dropout, activation, adaptive_avg_pool, check_sizes, conv_norm, global_avg_pool, local_response_norm,
-                                  max_pool)
+from cnnjax.models.layers import (
+  Dropout,
+  activation,
+  adaptive_avg_pool,
+  check_sizes,
+  conv_norm,
+  global_avg_pool,
+  local_response_norm,
+  max_pool,
+)
 
 
 class ConvLayer(NamedTuple):
@@ -38,31 +47,31 @@ class Layout(NamedTuple):
 
 
 LAYOUTS = {
-    "paper": Layout(
-        convs=(
-            ConvLayer(96, 11, 4, 0, 1, 0.0),
-            ConvLayer(256, 5, 1, 2, 2, 1.0),
-            ConvLayer(384, 3, 1, 1, 1, 0.0),
-            ConvLayer(384, 3, 1, 1, 2, 1.0),
-            ConvLayer(256, 3, 1, 1, 2, 1.0),
-        ),
-        fc_bias=1.0,
-        dropout_before_fc=False,
-        kernel_init=nn.initializers.normal(0.01),
+  "paper": Layout(
+    convs=(
+      ConvLayer(96, 11, 4, 0, 1, 0.0),
+      ConvLayer(256, 5, 1, 2, 2, 1.0),
+      ConvLayer(384, 3, 1, 1, 1, 0.0),
+      ConvLayer(384, 3, 1, 1, 2, 1.0),
+      ConvLayer(256, 3, 1, 1, 2, 1.0),
     ),
-    "torchvision": Layout(
-        convs=(
-            ConvLayer(64, 11, 4, 2, 1, 0.0),
-            ConvLayer(192, 5, 1, 2, 1, 0.0),
-            ConvLayer(384, 3, 1, 1, 1, 0.0),
-            ConvLayer(256, 3, 1, 1, 1, 0.0),
-            ConvLayer(256, 3, 1, 1, 1, 0.0),
-        ),
-        fc_bias=0.0,
-        dropout_before_fc=True,
-        # PyTorch's default kaiming_uniform(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in))
-        kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+    fc_bias=1.0,
+    dropout_before_fc=False,
+    kernel_init=nn.initializers.normal(0.01),
+  ),
+  "torchvision": Layout(
+    convs=(
+      ConvLayer(64, 11, 4, 2, 1, 0.0),
+      ConvLayer(192, 5, 1, 2, 1, 0.0),
+      ConvLayer(384, 3, 1, 1, 1, 0.0),
+      ConvLayer(256, 3, 1, 1, 1, 0.0),
+      ConvLayer(256, 3, 1, 1, 1, 0.0),
     ),
+    fc_bias=0.0,
+    dropout_before_fc=True,
+    # PyTorch's default kaiming_uniform(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+  ),
 }
 
 
@@ -89,7 +98,9 @@ class AlexNet(nn.Module):
     out = {}
     for i, layer in enumerate(layout.convs, start=1):
       conv = functools.partial(nn.Conv, kernel_init=layout.kernel_init, bias_init=nn.initializers.constant(layer.bias))
-      x = ConvUnit(layer.features, layer.kernel, conv, norm, act, layer.stride, layer.padding, layer.groups, name=f"conv{i}")(x)
+      x = ConvUnit(
+        layer.features, layer.kernel, conv, norm, act, layer.stride, layer.padding, layer.groups, name=f"conv{i}"
+      )(x)
       if self.norm == "lrn" and i in (1, 2):
         x = local_response_norm(x)  # after ReLU, before pooling (section 3.5)
       if i in (1, 2, 5):

@@ -5,8 +5,10 @@ Each block takes its convolution (`conv`, a partial of `nn.Conv` carrying bias a
 switches all of them in one place: a whole ResNet turns sigmoid, or loses its BatchNorm, with one
 option.
 """
+
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -32,12 +34,12 @@ class ConvUnit(nn.Module):
   def __call__(self, x):
     pad = self.kernel_size // 2 if self.padding is None else self.padding
     x = self.conv(
-        self.features,
-        (self.kernel_size, self.kernel_size),
-        strides=self.strides,
-        padding=((pad, pad), (pad, pad)),
-        feature_group_count=self.groups,
-        name="conv",
+      self.features,
+      (self.kernel_size, self.kernel_size),
+      strides=self.strides,
+      padding=((pad, pad), (pad, pad)),
+      feature_group_count=self.groups,
+      name="conv",
     )(x)
     if self.norm is not None:
       x = self.norm(name="norm")(x)
@@ -81,7 +83,9 @@ class Inception(nn.Module):
     return jnp.concatenate([b1, b3, b5, bp], axis=-1)
 
 
-def inception_macs(height: int, width: int, in_channels: int, spec: Sequence[int], variant: str, c5_kernel: int = 5) -> int:
+def inception_macs(
+  height: int, width: int, in_channels: int, spec: Sequence[int], variant: str, c5_kernel: int = 5
+) -> int:
   """Multiply-adds of one inception module on a height x width x in_channels input.
 
   `spec` is the paper's Table 1 row (#1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj). The
@@ -163,7 +167,9 @@ class ResidualBlock(nn.Module):
 
   def _preactivated(self, x, layers):
     if self.zero_init_last_norm:
-      raise ValueError("zero-initialised last norms belong to post-activation blocks; a pre-activation branch ends in a conv")
+      raise ValueError(
+        "zero-initialised last norms belong to post-activation blocks; a pre-activation branch ends in a conv"
+      )
     y = x
     for i, (features, kernel, strides) in enumerate(layers):
       y = self.norm(name=f"preact{i + 1}")(y) if self.norm is not None else y

@@ -19,27 +19,35 @@ the ImageNet mean and std, is renormalised to (x - 0.5) / 0.5, the range the por
 Inputs other than 224x224 use global average pooling for the main head and adaptive pooling onto 4x4 for the
 auxiliary heads.
 """
+
 import functools
 
 import flax.linen as nn
 import numpy as np
 
 from cnnjax.models.blocks import ConvUnit, Inception
+from cnnjax.models.layers import (
+  Dropout,
+  activation,
+  adaptive_avg_pool,
+  conv_norm,
+  global_avg_pool,
+  local_response_norm,
+  max_pool,
+)
 from cnnjax.models.outputs import auxiliary_name
-from cnnjax.models.layers import (Dropout, activation, adaptive_avg_pool, conv_norm, global_avg_pool, local_response_norm,
-                                  max_pool)
 
 # Table 1: (#1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj); None marks a 3x3/2 max-pool.
 INCEPTION_SPECS = {
-    "3a": (64, 96, 128, 16, 32, 32),
-    "3b": (128, 128, 192, 32, 96, 64),
-    "4a": (192, 96, 208, 16, 48, 64),
-    "4b": (160, 112, 224, 24, 64, 64),
-    "4c": (128, 128, 256, 24, 64, 64),
-    "4d": (112, 144, 288, 32, 64, 64),
-    "4e": (256, 160, 320, 32, 128, 128),
-    "5a": (256, 160, 320, 32, 128, 128),
-    "5b": (384, 192, 384, 48, 128, 128),
+  "3a": (64, 96, 128, 16, 32, 32),
+  "3b": (128, 128, 192, 32, 96, 64),
+  "4a": (192, 96, 208, 16, 48, 64),
+  "4b": (160, 112, 224, 24, 64, 64),
+  "4c": (128, 128, 256, 24, 64, 64),
+  "4d": (112, 144, 288, 32, 64, 64),
+  "4e": (256, 160, 320, 32, 128, 128),
+  "5a": (256, 160, 320, 32, 128, 128),
+  "5b": (384, 192, 384, 48, 128, 128),
 }
 POOL_BEFORE = ("4a", "5a")
 AUX_HEADS = ("4a", "4d")
@@ -98,10 +106,17 @@ class GoogLeNet(nn.Module):
     if self.transform_input:
       x = x * (IMAGENET_STD / 0.5) + (IMAGENET_MEAN - 0.5) / 0.5
     act = activation(self.activation)
-    norm = conv_norm(self.norm, train, choices=("lrn", "batchnorm", "none"), axis_name=self.axis_name,
-                     epsilon=1e-3 if torchvision else 1e-5)  # fmt: skip
+    norm = conv_norm(
+      self.norm,
+      train,
+      choices=("lrn", "batchnorm", "none"),
+      axis_name=self.axis_name,
+      epsilon=1e-3 if torchvision else 1e-5,
+    )
     lrn = caffe_lrn if self.norm == "lrn" else (lambda x: x)
-    conv = functools.partial(nn.Conv, use_bias=norm is None, kernel_init=XAVIER, bias_init=nn.initializers.constant(0.2))
+    conv = functools.partial(
+      nn.Conv, use_bias=norm is None, kernel_init=XAVIER, bias_init=nn.initializers.constant(0.2)
+    )
     unit = functools.partial(ConvUnit, conv=conv, norm=norm, act=act)
     out = {}
     x = unit(64, 7, strides=2, name="conv1")(x)
@@ -116,7 +131,9 @@ class GoogLeNet(nn.Module):
       x = out[name] = Inception(*spec, conv, norm, act, self.inception, self.c5_kernel, name=name)(x)
       if train and self.aux_heads and stage in AUX_HEADS:
         head = auxiliary_name(stage)
-        classifier = AuxiliaryClassifier(self.num_classes, unit, act, axis_name=self.axis_name, adaptive=torchvision, name=head)
+        classifier = AuxiliaryClassifier(
+          self.num_classes, unit, act, axis_name=self.axis_name, adaptive=torchvision, name=head
+        )
         out[head] = classifier(x, train)
     x = global_avg_pool(x)  # the paper's 7x7/1 average pool at 224x224
     x = out["pre_logits"] = Dropout(self.dropout, self.axis_name)(x, deterministic=not train)

@@ -4,9 +4,10 @@ Everything here but Dropout (a module: it draws random masks) is a pure function
 is property-tested directly.
 Pooling follows the Caffe/PyTorch arithmetic the papers' layer tables were computed with.
 """
+
 import functools
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -77,7 +78,12 @@ def local_response_norm(x, size: int = 5, alpha: float = 1e-4, beta: float = 0.7
   reproduce them. The defaults are the AlexNet paper's (k=2, n=5, alpha=1e-4, beta=0.75).
   """
   squares = lax.reduce_window(
-      x * x, np.array(0, x.dtype), lax.add, (1, 1, 1, size), (1, 1, 1, 1), ((0, 0), (0, 0), (0, 0), (size // 2, (size - 1) // 2))
+    x * x,
+    np.array(0, x.dtype),
+    lax.add,
+    (1, 1, 1, size),
+    (1, 1, 1, 1),
+    ((0, 0), (0, 0), (0, 0), (size // 2, (size - 1) // 2)),
   )
   return x / (k + alpha * squares) ** beta
 
@@ -123,12 +129,12 @@ def scaled_tanh(x):
 
 
 ACTIVATIONS: dict[str, Callable] = {
-    "relu": nn.relu,
-    "tanh": jnp.tanh,
-    "sigmoid": nn.sigmoid,
-    "scaled_tanh": scaled_tanh,
-    "leaky_relu": nn.leaky_relu,
-    "gelu": nn.gelu,
+  "relu": nn.relu,
+  "tanh": jnp.tanh,
+  "sigmoid": nn.sigmoid,
+  "scaled_tanh": scaled_tanh,
+  "leaky_relu": nn.leaky_relu,
+  "gelu": nn.gelu,
 }
 
 # BatchNorm as torchvision and the papers' Caffe models use it: PyTorch momentum 0.1 is flax's 0.9.
@@ -143,7 +149,9 @@ def activation(name: str) -> Callable:
   return ACTIVATIONS[name]
 
 
-def conv_norm(name: str, train: bool, choices=("batchnorm", "none"), axis_name: str | None = None, epsilon: float = 1e-5):
+def conv_norm(
+  name: str, train: bool, choices=("batchnorm", "none"), axis_name: str | None = None, epsilon: float = 1e-5
+):
   """The norm a conv unit applies after its convolution, or None.
 
   'lrn' (where a model allows it) is not a per-conv norm: the model places LRN where its paper does,

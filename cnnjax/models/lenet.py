@@ -14,6 +14,7 @@ paper's own bitmaps are not published in machine-readable form).
 Options give the common re-implementations: `c3='full'` (every C3 map sees all six S2 maps),
 `subsampling='average'|'max'` (parameter-free pools), `head='dense'` (a linear 84 -> classes output).
 """
+
 import functools
 import math
 
@@ -27,11 +28,23 @@ from cnnjax.models.layers import activation
 
 # Table I: the S2 maps each C3 map is connected to.
 C3_CONNECTIONS = (
-    (0, 1, 2), (1, 2, 3), (2, 3, 4), (3, 4, 5), (4, 5, 0), (5, 0, 1),
-    (0, 1, 2, 3), (1, 2, 3, 4), (2, 3, 4, 5), (3, 4, 5, 0), (4, 5, 0, 1), (5, 0, 1, 2),
-    (0, 1, 3, 4), (1, 2, 4, 5), (0, 2, 3, 5),
-    (0, 1, 2, 3, 4, 5),
-)  # fmt: skip
+  (0, 1, 2),
+  (1, 2, 3),
+  (2, 3, 4),
+  (3, 4, 5),
+  (4, 5, 0),
+  (5, 0, 1),
+  (0, 1, 2, 3),
+  (1, 2, 3, 4),
+  (2, 3, 4, 5),
+  (3, 4, 5, 0),
+  (4, 5, 0, 1),
+  (5, 0, 1, 2),
+  (0, 1, 3, 4),
+  (1, 2, 4, 5),
+  (0, 2, 3, 5),
+  (0, 1, 2, 3, 4, 5),
+)
 
 _GLYPHS = """
 ..###.. ...#... .####.. .####.. ....#.. #######  ..###.. ####### .#####. .#####.
@@ -96,7 +109,9 @@ class SparseConv(nn.Module):
       bias = self.param(f"bias_fan_in_{fan_in}", nn.initializers.zeros, (len(members),), jnp.float32)
       for g, i in enumerate(members):
         inputs = x[..., np.array(self.connections[i])]
-        out = lax.conv_general_dilated(inputs, kernel[..., g : g + 1], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        out = lax.conv_general_dilated(
+          inputs, kernel[..., g : g + 1], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
         maps[i] = out + bias[g]
     return jnp.concatenate(maps, axis=-1)
 
@@ -116,14 +131,16 @@ class LeNet5(nn.Module):
     if x.shape[1:3] != (32, 32):
       raise ValueError(f"LeNet-5 takes 32x32 inputs (pad 28x28 digits by 2), got {x.shape[1]}x{x.shape[2]}")
     for option, value, valid in (
-        ("c3", self.c3, ("paper", "full")),
-        ("subsampling", self.subsampling, ("trainable", "average", "max")),
-        ("head", self.head, ("rbf", "dense")),
+      ("c3", self.c3, ("paper", "full")),
+      ("subsampling", self.subsampling, ("trainable", "average", "max")),
+      ("head", self.head, ("rbf", "dense")),
     ):
       if value not in valid:
         raise ValueError(f"unknown LeNet-5 {option} {value!r}; valid: {', '.join(valid)}")
     if self.head == "rbf" and self.num_classes != 10:
-      raise ValueError(f"the RBF output has codes for the 10 digits only; use head='dense' for {self.num_classes} classes")
+      raise ValueError(
+        f"the RBF output has codes for the 10 digits only; use head='dense' for {self.num_classes} classes"
+      )
     act = activation(self.activation)
     conv = functools.partial(nn.Conv, kernel_size=(5, 5), padding="VALID", kernel_init=lecun98_uniform)
     out = {}

@@ -12,6 +12,7 @@ PyTorch's channel-major C, H, W to the H, W, C of an NHWC map. BatchNorm's runni
 'batch_stats' collection. Every tensor is accounted for: a missing, unexpected or misshaped one is an error that
 names it.
 """
+
 import functools
 import os
 import re
@@ -26,10 +27,10 @@ from cnnjax.models import registry
 # How torchvision builds each network for its published weights, as options of the zoo's model.
 BOTTLENECK_STRIDE = {"stride_in": "v1.5"}  # torchvision strides the bottleneck's 3x3 (ResNet v1.5)
 TORCHVISION = {
-    "alexnet_torchvision": {},
-    **{f"vgg{d}{bn}": {} for bn in ("", "_bn") for d in (11, 13, 16, 19)},
-    "googlenet_torchvision": {"transform_input": True},  # torchvision turns it on when it loads weights
-    **{f"resnet{d}": BOTTLENECK_STRIDE for d in (18, 34, 50, 101, 152)},
+  "alexnet_torchvision": {},
+  **{f"vgg{d}{bn}": {} for bn in ("", "_bn") for d in (11, 13, 16, 19)},
+  "googlenet_torchvision": {"transform_input": True},  # torchvision turns it on when it loads weights
+  **{f"resnet{d}": BOTTLENECK_STRIDE for d in (18, 34, 50, 101, 152)},
 }
 # The linear layers that read a flattened (channels, grid, grid) map in PyTorch: their grid.
 FLATTENED_GRID = {"alexnet": {"fc6": 6}, "vgg": {"fc6": 7}, "googlenet": {"aux_4a/fc": 4, "aux_4d/fc": 4}}
@@ -69,14 +70,22 @@ def _googlenet_module(path: tuple[str, ...], model) -> str:
   layer, *rest = path
   unit = {"conv": "conv", "norm": "bn"}
   if layer in ("conv1", "conv2_reduce", "conv2"):
-    return f"{ {'conv1': 'conv1', 'conv2_reduce': 'conv2', 'conv2': 'conv3'}[layer]}.{unit[rest[0]]}"
+    return f"{ {'conv1': 'conv1', 'conv2_reduce': 'conv2', 'conv2': 'conv3'}[layer] }.{unit[rest[0]]}"
   if layer == "fc":
     return "fc"
   if layer.startswith("aux_"):
     head = {"aux_4a": "aux1", "aux_4d": "aux2"}[layer]
-    return f"{head}.conv.{unit[rest[1]]}" if rest[0] == "conv" else f"{head}.{ {'fc': 'fc1', 'classifier': 'fc2'}[rest[0]]}"
-  branch = {"1x1": "branch1", "3x3_reduce": "branch2.0", "3x3": "branch2.1", "5x5_reduce": "branch3.0",
-            "5x5": "branch3.1", "pool_proj": "branch4.1"}[rest[0]]  # fmt: skip
+    return (
+      f"{head}.conv.{unit[rest[1]]}" if rest[0] == "conv" else f"{head}.{ {'fc': 'fc1', 'classifier': 'fc2'}[rest[0]] }"
+    )
+  branch = {
+    "1x1": "branch1",
+    "3x3_reduce": "branch2.0",
+    "3x3": "branch2.1",
+    "5x5_reduce": "branch3.0",
+    "5x5": "branch3.1",
+    "pool_proj": "branch4.1",
+  }[rest[0]]
   return f"{layer.replace('_', '')}.{branch}.{unit[rest[1]]}"
 
 
@@ -91,10 +100,15 @@ def _resnet_module(path: tuple[str, ...], model) -> str:
   unit, part = rest
   if unit == "projection":
     return f"{prefix}.downsample.{0 if part == 'conv' else 1}"
-  return f"{prefix}.{'conv' if part == 'conv' else 'bn'}{unit[len('conv'):]}"
+  return f"{prefix}.{'conv' if part == 'conv' else 'bn'}{unit[len('conv') :]}"
 
 
-MODULE_NAMES = {"alexnet": _alexnet_module, "vgg": _vgg_module, "googlenet": _googlenet_module, "resnet": _resnet_module}
+MODULE_NAMES = {
+  "alexnet": _alexnet_module,
+  "vgg": _vgg_module,
+  "googlenet": _googlenet_module,
+  "resnet": _resnet_module,
+}
 
 
 def read(weights) -> dict[str, np.ndarray]:
@@ -113,10 +127,12 @@ def read(weights) -> dict[str, np.ndarray]:
   try:
     import torch
   except ImportError:
-    raise WeightsError(f"reading {path} needs PyTorch: pip install -e '.[torch]' (or convert it to .safetensors elsewhere)") from None
+    raise WeightsError(
+      f"reading {path} needs PyTorch: pip install -e '.[torch]' (or convert it to .safetensors elsewhere)"
+    ) from None
   try:
     state = torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as e:  # noqa: BLE001  (a truncated download, another format, a pickle that is not only tensors)
+  except Exception as e:
     raise WeightsError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
   if isinstance(state, Mapping) and "state_dict" in state:  # a training checkpoint rather than the bare weights
     state = state["state_dict"]
@@ -238,8 +254,10 @@ def merge(fresh: dict, source: dict, new_head: tuple[str, ...] = ()) -> dict:
 
   merged = jax.tree_util.tree_map_with_path(take, fresh)
   if mismatched:
-    raise WeightsError(f"the pretrained weights do not fit this model: {len(mismatched)} tensor(s) differ: "
-                       f"{'; '.join(mismatched[:4])}{' ...' if len(mismatched) > 4 else ''}")  # fmt: skip
+    raise WeightsError(
+      f"the pretrained weights do not fit this model: {len(mismatched)} tensor(s) differ: "
+      f"{'; '.join(mismatched[:4])}{' ...' if len(mismatched) > 4 else ''}"
+    )
   return merged
 
 

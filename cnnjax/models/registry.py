@@ -5,11 +5,13 @@ fields and are checked here, option values by the model when it is first traced.
 plain twins take any depth 6n+2: `resnet20`, `plain56`, `resnet1202`; where a depth is also an ImageNet
 ResNet (50, 152) the bare name is the ImageNet one and `cifar_resnet50` the CIFAR one.
 """
+
 import dataclasses
 import difflib
 import functools
 import re
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 from cnnjax.models.alexnet import AlexNet
 from cnnjax.models.googlenet import GoogLeNet
@@ -28,9 +30,9 @@ class Entry(NamedTuple):
 
 def _entries():
   entries = {
-      "lenet5": Entry(LeNet5, (32, 32, 1)),
-      "alexnet": Entry(AlexNet, (227, 227, 3)),
-      "alexnet_torchvision": Entry(functools.partial(AlexNet, layout="torchvision", norm="none"), IMAGENET),
+    "lenet5": Entry(LeNet5, (32, 32, 1)),
+    "alexnet": Entry(AlexNet, (227, 227, 3)),
+    "alexnet_torchvision": Entry(functools.partial(AlexNet, layout="torchvision", norm="none"), IMAGENET),
   }
   for depth, vgg in ((11, VGG11), (13, VGG13), (16, VGG16), (19, VGG19)):
     entries[f"vgg{depth}"] = Entry(vgg, IMAGENET)
@@ -69,8 +71,8 @@ def lookup(name: str) -> Entry:
   close = difflib.get_close_matches(name, MODELS, n=3)
   hint = f" Did you mean {' or '.join(close)}?" if close else ""
   raise ValueError(
-      f"unknown model {name!r}.{hint} Valid models: {', '.join(MODELS)}; "
-      "and CIFAR ResNets of any depth 6n+2 as resnetN, plainN, cifar_resnetN, cifar_plainN."
+    f"unknown model {name!r}.{hint} Valid models: {', '.join(MODELS)}; "
+    "and CIFAR ResNets of any depth 6n+2 as resnetN, plainN, cifar_resnetN, cifar_plainN."
   )
 
 
@@ -88,11 +90,13 @@ NOT_CONFIGURED = ("num_classes", "axis_name")
 def defaults(name: str) -> dict:
   """Every option of `name` a config can set, with the value `create(name)` uses when none is given."""
   constructor = lookup(name).constructor
-  cls, given = (constructor.func, constructor.keywords) if isinstance(constructor, functools.partial) else (constructor, {})
+  cls, given = (
+    (constructor.func, constructor.keywords) if isinstance(constructor, functools.partial) else (constructor, {})
+  )
   return {
-      f.name: given.get(f.name, f.default)
-      for f in dataclasses.fields(cls)
-      if f.name not in ("parent", "name", *NOT_CONFIGURED) and (f.name in given or f.default is not dataclasses.MISSING)
+    f.name: given.get(f.name, f.default)
+    for f in dataclasses.fields(cls)
+    if f.name not in ("parent", "name", *NOT_CONFIGURED) and (f.name in given or f.default is not dataclasses.MISSING)
   }
 
 

@@ -7,8 +7,9 @@ models have exactly the same depth, width, and number of parameters as the plain
 
 Stages are named as the paper's Table 1 (conv2_x ...): block j of stage i is the module `conv{i}_{j}`.
 """
+
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -24,9 +25,9 @@ HE_NORMAL = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # 'none' keeps every intermediate; 'norms' keeps the convolutions' outputs and recomputes BatchNorm and the
 # activations (the cheap, memory-bound part); 'blocks' keeps only each block's input and recomputes the block.
 REMAT = {
-    "none": None,
-    "norms": jax.checkpoint_policies.dots_saveable,  # convolutions count as dots here
-    "blocks": jax.checkpoint_policies.nothing_saveable,
+  "none": None,
+  "norms": jax.checkpoint_policies.dots_saveable,  # convolutions count as dots here
+  "blocks": jax.checkpoint_policies.nothing_saveable,
 }
 
 
@@ -71,16 +72,16 @@ class ResNet(nn.Module):
       x = ConvUnit(self.widths[0], 3, conv, *((None, None) if self.preactivation else (norm, act)), name="conv1")(x)
     out["conv1"] = x
     block = functools.partial(
-        nn.remat(ResidualBlock, policy=REMAT[self.remat]) if REMAT[self.remat] else ResidualBlock,
-        conv=conv,
-        norm=norm,
-        act=act,
-        bottleneck=self.bottleneck,
-        residual=self.residual,
-        shortcut=self.shortcut,
-        stride_in=self.stride_in,
-        zero_init_last_norm=self.zero_init_residual,
-        preactivation=self.preactivation,
+      nn.remat(ResidualBlock, policy=REMAT[self.remat]) if REMAT[self.remat] else ResidualBlock,
+      conv=conv,
+      norm=norm,
+      act=act,
+      bottleneck=self.bottleneck,
+      residual=self.residual,
+      shortcut=self.shortcut,
+      stride_in=self.stride_in,
+      zero_init_last_norm=self.zero_init_residual,
+      preactivation=self.preactivation,
     )
     for i, (size, width) in enumerate(zip(self.stage_sizes, self.widths)):
       for j in range(size):
@@ -109,5 +110,5 @@ def cifar_resnet(depth: int, residual: bool = True):
     raise ValueError(f"a CIFAR ResNet has depth 6n+2 (20, 32, 44, 56, 110, ...), not {depth}")
   n = (depth - 2) // 6
   return functools.partial(
-      ResNet, stage_sizes=(n, n, n), stem="cifar", widths=(16, 32, 64), shortcut="A", num_classes=10, residual=residual
+    ResNet, stage_sizes=(n, n, n), stem="cifar", widths=(16, 32, 64), shortcut="A", num_classes=10, residual=residual
   )

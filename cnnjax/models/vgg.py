@@ -8,13 +8,22 @@ On inputs other than 224x224 the last maps are average-pooled onto the paper's 7
 does) so the classifier keeps its size; `global_pool=True` instead feeds the classifier a global average
 pool: 512 inputs to fc6, the cheap head for small local runs.
 """
+
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 
 from cnnjax.models.blocks import ConvUnit
-from cnnjax.models.layers import Dropout, activation, adaptive_avg_pool, check_sizes, conv_norm, global_avg_pool, max_pool
+from cnnjax.models.layers import (
+  Dropout,
+  activation,
+  adaptive_avg_pool,
+  check_sizes,
+  conv_norm,
+  global_avg_pool,
+  max_pool,
+)
 
 # The paper initialised deeper nets from net A, and notes Glorot & Bengio's initialisation makes that
 # unnecessary (section 3.1); biases start at zero.

@@ -8,6 +8,7 @@
 ResNet-20..56 all 0.0%); without it, the paper's CIFAR-10 recipe (64k iterations per run: a GPU or TPU job each).
 `python -m cnnjax.experiments.degradation` runs the same grid and also draws the paper's figure.
 """
+
 from cnnjax.sweep import grid
 
 DEPTHS = (20, 32, 44, 56)

@@ -1,5 +1,7 @@
-"""The package's import graph, read from the source (every import, at the top of a module or inside a function):
-no circle, and no module importing one above it. WORKSPACE.md's dependency paragraph states the same rules."""
+"""The package's shape, read from its source. The import graph (every import, at the top of a module or inside a
+function): no circle, and no module importing one above it; WORKSPACE.md's dependency paragraph states the same
+rules. And no function longer than a screen."""
+
 import ast
 import pathlib
 
@@ -30,7 +32,9 @@ def imports() -> dict[str, set[str]]:
       if isinstance(node, ast.Import):
         targets = [a.name for a in node.names]
       elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-        targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module for a in node.names]
+        targets = [
+          f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module for a in node.names
+        ]
       else:
         continue
       graph[name] |= {t for t in targets if t.startswith("cnnjax") and t != name}
@@ -81,7 +85,19 @@ def test_no_module_imports_one_above_it(layer):
     (module, target)
     for module, targets in graph.items()
     for target in targets
-    if package_of(module) == layer and package_of(target) != layer and target != "cnnjax"
+    if package_of(module) == layer
+    and package_of(target) != layer
+    and target != "cnnjax"
     and package_of(target) not in MAY_IMPORT[layer]
   }
   assert above == set()
+
+
+def test_no_function_is_longer_than_60_lines():
+  long = {
+    f"{path.relative_to(PACKAGE.parent)}:{node.name}": node.end_lineno - node.lineno + 1
+    for path in PACKAGE.rglob("*.py")
+    for node in ast.walk(ast.parse(path.read_text()))
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno + 1 > 60
+  }
+  assert long == {}
