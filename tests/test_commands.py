@@ -3,6 +3,7 @@ commands have tests of their own): each ends with the output its documentation p
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -68,3 +69,31 @@ def test_throughput_on_jpeg_files_prints_its_figures_alone():
   assert done.returncode == 0, done.stderr[-2000:]
   lines = (done.stdout + done.stderr).splitlines()
   assert [line.split()[0] for line in lines] == ["pipeline_img_per_s", "pipeline_img_per_cpu_s"], lines
+
+
+def test_docs_remakes_a_pages_figures_and_tables_between_its_markers(tmp_path):
+  """`python -m cnnjax.docs --only=cost` on a copy of the pages: the figures are rewritten, the block between the
+  section's markers holds the tables the command printed and names the command and commit, the rest of the page
+  is untouched; a page without the markers is refused in one line before anything runs."""
+  docs = tmp_path / "docs"
+  shutil.copytree(ROOT / "docs", docs)
+  page = (docs / "experiments.md").read_text()
+  head, rest = page.split("<!-- docs: cost -->\n")
+  (docs / "cost-fig3.png").unlink()
+  command = [sys.executable, "-m", "cnnjax.docs", "--only=cost", f"--out={docs}", f"--runs={tmp_path / 'runs'}"]
+  done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert (docs / "cost-fig3.png").read_bytes()[:4] == b"\x89PNG"
+  new_head, new_rest = (docs / "experiments.md").read_text().split("<!-- docs: cost -->\n")
+  block, tail = new_rest.split("\n<!-- /docs: cost -->")
+  assert new_head == head and tail == rest.split("\n<!-- /docs: cost -->")[1]
+  printed = (tmp_path / "runs" / "cost" / "cost.json").read_text()
+  assert "| vgg19 | 19,632,062,464 | 5.39x |" in block and "19632062464" in printed  # the paper's 19.6 G, as printed
+  assert "Made by `python -m cnnjax.docs --only=cost` at commit " in block
+  assert "`python -m cnnjax.experiments.cost --workdir=RUNS`" in block
+
+  (docs / "experiments.md").write_text(head)  # the markers gone
+  command[-1] = f"--runs={tmp_path / 'second'}"
+  refused = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert refused.returncode == 1 and "has no block `<!-- docs: cost -->`" in refused.stderr
+  assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "second").exists()  # nothing ran
