@@ -56,6 +56,14 @@ def printed_tables(runs: pathlib.Path, outputs: list[str]) -> str:
   return "\n".join(lines).strip()
 
 
+def printed_text(runs: pathlib.Path, outputs: list[str]) -> str:
+  """Everything the commands printed, as a code block, but the lines saying what they wrote."""
+  del runs
+  return "\n".join(
+    f"    {line}".rstrip() for out in outputs for line in out.splitlines() if not line.startswith("wrote ")
+  )
+
+
 def last_lines(prefix: str):
   """The commands' lines that start with `prefix` (a training's closing line, say), as a list."""
 
@@ -96,7 +104,7 @@ def gradflow_table(runs: pathlib.Path, outputs: list[str]) -> str:
   lines = ["| network | first conv | last hidden conv |", "|---|---|---|"]
   for index, (label, _, _) in enumerate(GRADFLOW_NETS):
     layers = json.loads((runs / str(index) / "gradflow.json").read_text())["steps"][0]["layers"]
-    lines.append(f"| {label} | {layers[0]['grad_norm']:.2g} | {layers[-2]['grad_norm']:.2g} |")
+    lines.append(f"| {label} | {layers[0]['grad_norm']:.3g} | {layers[-2]['grad_norm']:.3g} |")
   return "\n".join(lines)
 
 
@@ -141,6 +149,7 @@ def draw(models: str, out: str, *extra: str) -> tuple[str, ...]:
 
 
 SECTIONS = (
+  Section("zoo", "zoo.md", (("cnnjax.zoo",),), table=printed_text),
   Section(
     "architectures",
     "architectures.md",
@@ -224,6 +233,13 @@ SECTIONS = (
     table=printed_tables,
   ),
   Section(
+    "throughput",
+    "performance.md",
+    (("cnnjax.throughput", "--style=cifar"), ("cnnjax.throughput", "--style=imagenet")),
+    quick=dict.fromkeys(range(2), ("--steps=5",)),
+    table=printed_text,
+  ),
+  Section(
     "cpu-bench",
     "performance.md",
     tuple(command for _, ours, theirs in BENCH for command in (ours, theirs)),
@@ -280,7 +296,7 @@ def run_section(section: Section, runs: pathlib.Path, docs: pathlib.Path, quick:
     + "; ".join(f"`{shown(c)}`" for c in commands)
     + ".</sub>"
   )
-  table = section.table(folder, outputs).strip() if section.table else ""
+  table = section.table(folder, outputs).strip("\n") if section.table else ""
   return "\n\n".join(part for part in (table, made_by) if part)
 
 

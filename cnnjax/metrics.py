@@ -21,7 +21,7 @@ from cnnjax import workdir as workdir_lib
 
 class EventFile:
   """A TensorBoard event file of scalars: TensorBoard's own protocol buffers, framed as TFRecords (no TensorFlow;
-  nothing that imports PyTorch where it is installed, as tensorboardX does, 2.5 s per run)."""
+  nothing that imports PyTorch where it is installed, as tensorboardX does, seconds per run)."""
 
   def __init__(self, folder, resumed_at: int = 0):
     from tensorboard.compat.proto import event_pb2

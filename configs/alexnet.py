@@ -4,7 +4,7 @@
     python -m cnnjax.main --config=configs/alexnet.py:torchvision     # torchvision's single tower, 224x224
     python -m cnnjax.main --config=configs/alexnet.py:local           # offline on `digits`, 64x64, CPU
 
-Dataset: imagenet2012 prepared as array_record (see README). Hardware: one GPU or TPU host; the paper
+Dataset: imagenet2012 prepared as array_record (docs/data.md). Hardware: one GPU or TPU host; the paper
 trained 5-6 days on two GTX 580s. Recipe (section 5): SGD batch 128, momentum 0.9, weight decay 5e-4,
 lr 0.01 divided by 10 three times "when the validation error rate stopped improving" (here at epochs
 30, 60, 80 of 90), dropout 0.5, weights N(0, 0.01) and biases of 1 in conv2/4/5 and fc6/7.

@@ -7,7 +7,7 @@
     ... --config.model_options.activation=sigmoid --config.model_options.norm=none   # gradient-flow studies
     ... --config.model_options.preactivation=True                                     # identity shortcut path
 
-Dataset: cifar10 prepared as array_record (see README). Hardware: one GPU (the paper: two), or a CPU
+Dataset: cifar10 prepared as array_record (docs/data.md). Hardware: one GPU (the paper: two), or a CPU
 for ResNet-20 with patience. Recipe: batch 128, SGD momentum 0.9, weight decay 1e-4, lr 0.1 divided by
 10 at 32k and 48k iterations, stop at 64k; 4-pixel pad, random 32x32 crop, flip; option-A shortcuts.
 ResNet-110 (and deeper) warm up at lr 0.01 for 400 iterations ("until the training error is below 80%").

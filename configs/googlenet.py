@@ -4,7 +4,7 @@
     python -m cnnjax.main --config=configs/googlenet.py:torchvision   # BatchNorm, 3x3 "5x5" branch
     python -m cnnjax.main --config=configs/googlenet.py:local         # offline on `digits`, 32x32, CPU
 
-Dataset: imagenet2012 prepared as array_record (see README). Hardware: a multi-GPU host or TPU slice
+Dataset: imagenet2012 prepared as array_record (docs/data.md). Hardware: a multi-GPU host or TPU slice
 (the paper: "a few high-end GPUs within a week"). Recipe (section 6): SGD momentum 0.9, learning rate
 decreased 4% every 8 epochs, crops of 8%-100% of the area at aspect 3/4-4/3, auxiliary losses weighted
 0.3. The paper gives neither batch size, base rate, weight decay nor length: batch 256, lr 0.08, weight

@@ -6,7 +6,7 @@
     python -m cnnjax.main --config=configs/resnet.py:152 --config.model_options.remat=blocks   # less memory
     python -m cnnjax.main --config=configs/resnet.py:18,local    # offline on `digits`, 32x32, CPU
 
-Dataset: imagenet2012 prepared as array_record (see README). Hardware: an 8-GPU host or a TPU v4-8 or
+Dataset: imagenet2012 prepared as array_record (docs/data.md). Hardware: an 8-GPU host or a TPU v4-8 or
 larger. Recipe (section 3.4): batch 256, SGD momentum 0.9, weight decay 1e-4, lr 0.1 divided by 10 when
 the error plateaus (here at epochs 30 and 60 of 90, torchvision's reproduction), no dropout, He init,
 crops of 8%-100% of the area (the paper used scale augmentation on the shorter side 256-480).

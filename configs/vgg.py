@@ -4,7 +4,7 @@
     python -m cnnjax.main --config=configs/vgg.py:19,bn        # E with BatchNorm (torchvision's vgg19_bn)
     python -m cnnjax.main --config=configs/vgg.py:16,local     # offline on `digits`, 32x32, CPU
 
-Dataset: imagenet2012 prepared as array_record (see README). Hardware: a multi-GPU host or TPU slice;
+Dataset: imagenet2012 prepared as array_record (docs/data.md). Hardware: a multi-GPU host or TPU slice;
 the paper took 2-3 weeks on four Titan Blacks. Recipe (section 3.1): batch 256, momentum 0.9, weight
 decay 5e-4, dropout 0.5 on fc6/fc7, lr 0.01 divided by 10 three times on plateaus (here at epochs 30,
 50, 65), 74 epochs; Glorot initialisation, which the paper found removes the need to start from net A.

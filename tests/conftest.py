@@ -13,14 +13,12 @@ import tempfile
 # xdist workers (they inherit the controller's environment) and the commands they start, so a program several
 # tests build compiles once. The tests' programs are tiny and run a few steps, so compiling dominates, while what
 # they check (shapes, values, bit-identical reruns of the same program) does not depend on how the compiled code is
-# optimised: for the suite (and the commands it starts) LLVM's optimisation is off (one family's test took 40 s with
-# it, 23 s without) and fused loops are emitted the older, simpler way (XLA's CPU fusion emitters off: GoogLeNet's
-# training step compiles in 3.3 s instead of 7-11 s here, and runs as fast).
-# XLA aborts a process whose simulated devices have waited 40 s for each other in a collective (its deadlock guard).
-# A test process died in test_finetune's evaluation in 2 of 16 runs of the suite here and in 1 of 5 runs of two
-# files beside a running suite; the one caught in a core dump was that guard, in an 8-device all-reduce. Ten minutes
-# lets a late device arrive; a real deadlock still ends the test, after XLA's "may be stuck" warnings at 20 s, which
-# reach the log (--capture=sys in pyproject.toml).
+# optimised: for the suite (and the commands it starts) LLVM's optimisation is off and fused loops are emitted the
+# simpler way (XLA's CPU fusion emitters off), which compiles several times faster and runs as fast.
+# XLA aborts a process whose simulated devices have waited 40 s for each other in a collective (its deadlock
+# guard), which eight simulated devices on a loaded 2-core machine can exceed. Ten minutes lets a late device
+# arrive; a real deadlock still ends the test, after XLA's "may be stuck" warnings at 20 s, which reach the log
+# (--capture=sys in pyproject.toml).
 SUITE_XLA_FLAGS = (
   "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false "
   "--xla_cpu_collective_call_terminate_timeout_seconds=600"

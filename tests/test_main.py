@@ -41,7 +41,8 @@ def test_quickstart_end_to_end(tfds_dir, tmp_path):
   evaluation = run("--config=configs/lenet5.py", f"--config.data_dir={tfds_dir}", f"--workdir={workdir}", "--mode=eval")
   assert evaluation.returncode == 0, evaluation.stderr
   assert f"eval_accuracy {summary['eval_accuracy']:.4f}" in evaluation.stdout
-  # README: "a rerun ... of the same config starts without compiling": every program it needs is in the cache
+  # docs/training.md: "a rerun or a resume of the same config starts without compiling": every program it needs is
+  # in the cache
   # the first run filled, so it writes no entry (a program compiled again would be written again)
   compiled = _cache_entries(cache)
   assert len(compiled) >= 3  # init, the train step, the eval step at least

@@ -42,7 +42,7 @@ def test_tensorboard_reads_what_a_run_writes_and_a_resume_keeps_every_step_once(
 def test_the_readme_tensorboard_command_serves_a_runs_curves(tmp_path):
   metrics.Writer(str(tmp_path / "run")).write({"step": 1, "epoch": 0.5, "train_loss": 0.5, "eval_accuracy": 0.75})
   port = free_port()
-  # the `tensorboard` command the install put beside this Python, as README runs it
+  # the `tensorboard` command the install put beside this Python, as docs/training.md runs it
   command = [
     os.path.join(os.path.dirname(sys.executable), "tensorboard"),
     f"--logdir={tmp_path}",

@@ -1,6 +1,6 @@
 """The degradation problem (He et al. 2015, Fig. 1 and Fig. 6): deeper plain nets train *worse*; ResNets do not.
 
-    python -m cnnjax.experiments.degradation --dataset=digits --depths=20,56     # offline, 9 min here
+    python -m cnnjax.experiments.degradation --dataset=digits --depths=20,56     # offline
     python -m cnnjax.experiments.degradation --dataset=digits --depths=20,32,44,56 --seeds=0,1,2
     python -m cnnjax.experiments.degradation --dataset=cifar10 --depths=20,32,44,56   # the paper's recipe
 
