@@ -8,11 +8,23 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from cnnjax import data
+
 AXIS = "batch"  # the pmap axis: the global batch is split along it, gradients and statistics averaged over it
 
 
 def device_mesh(devices=None) -> Mesh:
   return Mesh(np.array(devices or jax.local_devices()), (AXIS,))
+
+
+def layout_of(global_batch: int) -> data.Layout:
+  """How a global batch splits over this job's processes, then over this process's devices."""
+  return data.Layout(
+    global_batch,
+    local_devices=jax.local_device_count(),
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
 
 
 def replicate(tree, mesh: Mesh):

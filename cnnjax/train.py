@@ -1,8 +1,7 @@
 """Training: the state, the pure steps (pmapped over the local devices), `build` and the loop around them.
 
-One run: config -> `build` (dataset, model, schedule, optimizer) -> restore the latest checkpoint, else
-`create_train_state` -> pmapped `train_step`s, metrics kept on device and fetched every `log_every_steps` ->
-padded, masked evaluation -> Orbax checkpoints of the state and the data position -> curves and summary.
+One run: config -> `build` -> the latest checkpoint, else `create_train_state` -> pmapped `train_step`s, metrics
+fetched every `log_every_steps` -> masked evaluation -> Orbax checkpoints of the state and data position.
 """
 
 import contextlib
@@ -23,7 +22,7 @@ from jax import lax
 from cnnjax import checkpoint, data, metrics, models, optim, stopping
 from cnnjax import config as config_lib
 from cnnjax import workdir as workdir_lib
-from cnnjax.devices import AXIS, device_mesh, prefetch_to_device, replicate
+from cnnjax.devices import AXIS, device_mesh, layout_of, prefetch_to_device, replicate
 from cnnjax.errors import TrainingDiverged
 from cnnjax.init_from import start_from
 from cnnjax.models.outputs import auxiliary_logits
@@ -182,7 +181,7 @@ def build(config, dataset: data.Dataset | None = None) -> Run:
   dataset = dataset or data.load(config.dataset, config.data_dir or None, config.bad_images)
   if config.classes or config.shots:
     dataset = data.subset(dataset, config.classes, config.shots)
-  layout = data.Layout(config.batch_size, jax.local_device_count(), jax.process_index(), jax.process_count())
+  layout = layout_of(config.batch_size)
   steps_per_epoch = max(1, len(dataset.train) // config.batch_size)
   model = models.create(config.model, dataset.num_classes, axis_name=AXIS, **config.model_options)
   learning_rate_fn = optim.schedule(config, steps_per_epoch)
@@ -211,22 +210,19 @@ def build(config, dataset: data.Dataset | None = None) -> Run:
 
 def initial_state(run: Run) -> TrainState:
   master = jnp.float64 if run.step_config.compute_dtype == jnp.float64 else jnp.float32
-  return create_train_state(run.step_config.model, run.optimizer, input_shape(run.config), run.config.seed, master)
+  model, config = run.step_config.model, run.config
+  return create_train_state(model, run.optimizer, shape=input_shape(config), seed=config.seed, dtype=master)
 
 
 def evaluate_state(p_eval, state, run: Run) -> dict:
   """Loss, accuracy and top-5 over the whole test split (each example once)."""
-  config, sums = run.config, None
-  with data.reading(data.eval_batches(run.dataset, input_shape(config), run.layout, config.workers)) as batches:
-    for batch in batches:
-      out = p_eval(state, batch)
-      sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-  sums = jax.device_get(sums)
-  count = float(sums["count"])
-  result = {"eval_loss": float(sums["loss"]) / count, "eval_accuracy": float(sums["accuracy"]) / count}
-  if run.dataset.num_classes > 10:
-    result["eval_top5"] = float(sums["top5"]) / count
-  return result
+  stream = data.eval_batches(run.dataset, input_shape(run.config), run.layout, workers=run.config.workers)
+  with data.reading(stream) as batches:
+    sums = functools.reduce(lambda a, b: jax.tree.map(jnp.add, a, b), (p_eval(state, batch) for batch in batches))
+  sums = jax.tree.map(float, jax.device_get(sums))
+  # top-5 only where there are more than 10 classes: of 10 or fewer it says little
+  shown = ("loss", "accuracy", "top5") if run.dataset.num_classes > 10 else ("loss", "accuracy")
+  return {f"eval_{k}": sums[k] / sums["count"] for k in shown}
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -245,13 +241,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
       with workdir_lib.storage_errors(ckpt.advice):
         state, data_state = ckpt.restore_latest(functools.partial(initial_state, run))
         if data_state is None and config.init_from:  # a new run: its own checkpoints, once made, win over init_from
-          state = start_from(state, config, run.step_config.model, run.dataset.num_classes)
+          state = start_from(state, config, model=run.step_config.model, num_classes=run.dataset.num_classes)
         state = replicate(state, device_mesh())
         writer = metrics.Writer(workdir, is_lead=lead, resumed_at=int(state.step))
         writer.note(_start_line(run, int(state.step), workdir))
-        p_train, p_eval = pmapped_steps(run.step_config)
-        state, last_eval = _train_loop(run, state, data_state, (p_train, p_eval), ckpt, claim, writer)
-        last_eval = last_eval or evaluate_state(p_eval, state, run)  # resumed after the last step: what was restored
+        steps = pmapped_steps(run.step_config)
+        state, last_eval = _train_loop(run, state, data_state, steps=steps, ckpt=ckpt, claim=claim, writer=writer)
+        last_eval = last_eval or evaluate_state(steps[1], state, run)  # resumed after the last step: what was restored
         wall_time = round(time.time() - start, 1)
         summary = {"final_step": int(state.step), **last_eval, "wall_time_s": wall_time, "workdir": workdir}
         writer.finish(summary)
@@ -265,12 +261,16 @@ def _train_loop(run: Run, state, data_state, steps, ckpt: checkpoint.Checkpointe
   """Train from `state` (replicated) and the data position `data_state` to the last step; returns the final
   state and the last evaluation ({} if nothing was left to train)."""
   config, (p_train, p_eval), step = run.config, steps, int(state.step)
-  progress = metrics.Progress(run.total_steps, run.steps_per_epoch, config.batch_size, step, quiet=not writer.is_lead)
+  progress = metrics.Progress(
+    run.total_steps, run.steps_per_epoch, config.batch_size, first_step=step, quiet=not writer.is_lead
+  )
   eval_every = config.eval_every_steps or max(1, round(config.eval_every_epochs * run.steps_per_epoch))
   log_every = min(config.log_every_steps, eval_every)
   ckpt_every = config.checkpoint_every_steps or eval_every
   requests, last_eval, pending = stopping.StopRequests(), {}, []
-  stream = data.train_batches(run.dataset, input_shape(config), run.layout, config.seed, config.augment, config.workers)
+  stream = data.train_batches(
+    run.dataset, input_shape(config), run.layout, seed=config.seed, augment=config.augment, workers=config.workers
+  )
   with data.reading(stream) as train_iter:
     if data_state:  # (a converted workdir has no position in any stream: it starts at the beginning)
       train_iter.set_state(data_state)
@@ -288,7 +288,7 @@ def _train_loop(run: Run, state, data_state, steps, ckpt: checkpoint.Checkpointe
         if step % log_every == 0 or checkpoint_now:
           if claim is not None:
             claim.check()  # taken over by another run: stop before writing anything
-          _log_train(pending, step, run, writer, progress)  # raises TrainingDiverged before anything is saved
+          _log_train(pending, step, run, writer=writer, progress=progress)  # a NaN raises before anything is saved
           pending = []
         if (step % eval_every == 0 or at_end) and not stop:  # a stop request does not wait for an evaluation
           last_eval = evaluate_state(p_eval, state, run)
