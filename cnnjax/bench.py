@@ -61,13 +61,15 @@ def run(config, input_kind: str = "fake", steps: int = 20, window: int = 5, warm
   mesh = devices.device_mesh()
   state = devices.replicate(train.initial_state(run), mesh)
   p_train, p_eval = train.pmapped_steps(run.step_config)
-  stream = data.train_batches(run.dataset, shape, run.layout, config.seed, config.augment, config.workers)
+  stream = data.train_batches(
+    run.dataset, shape, layout=run.layout, seed=config.seed, augment=config.augment, workers=config.workers
+  )
   with data.reading(stream) as read, contextlib.closing(devices.prefetch_to_device(read, mesh)) as fed:
     batches = fed
     if fake is not None:
       batch, _ = next(fed)
       batches = iter(lambda: (batch, None), None)  # the same device batch every step: the step alone
-    state, timing = _time_train(p_train, state, batches, steps, window, warmup)
+    state, timing = _time_train(p_train, state, batches=batches, steps=steps, window=window, warmup=warmup)
   with data.reading(data.eval_batches(run.dataset, shape, run.layout)) as read:
     eval_batch = jax.device_put(next(read), devices.batch_sharding(mesh))
   jax.block_until_ready(p_eval(state, eval_batch))  # compile
@@ -77,7 +79,7 @@ def run(config, input_kind: str = "fake", steps: int = 20, window: int = 5, warm
   jax.block_until_ready(out)
   eval_s = (time.perf_counter() - start) / window
   macs = complexity.cost(models.unsynchronised(run.step_config.model), shape).macs
-  return _report(config, input_kind, shape, macs, timing, eval_s)
+  return _report(config, input_kind, shape=shape, macs=macs, timing=timing, eval_s=eval_s)
 
 
 def _time_train(p_train, state, batches, steps: int, window: int, warmup: int):

@@ -69,7 +69,7 @@ def _walk(jaxpr, in_depths, scope, macs_by_scope):
       results = []
       for sub in subs:
         sub_macs = defaultdict(int)
-        outs = _walk(sub, [depth_of(v) for v in eqn.invars[-len(sub.invars) :]], here, sub_macs)
+        outs = _walk(sub, [depth_of(v) for v in eqn.invars[-len(sub.invars) :]], scope=here, macs_by_scope=sub_macs)
         results.append((sum(sub_macs.values()), outs, sub_macs))
       _, outs, sub_macs = max(results, key=lambda r: r[0])
       for k, v in sub_macs.items():
@@ -90,7 +90,7 @@ def trace(fn, *args) -> tuple[dict, list, object]:
   """
   closed, shapes = jax.make_jaxpr(fn, return_shape=True)(*args)
   by_scope = defaultdict(int)
-  depths = _walk(closed.jaxpr, [0] * len(closed.jaxpr.invars), "", by_scope)
+  depths = _walk(closed.jaxpr, [0] * len(closed.jaxpr.invars), scope="", macs_by_scope=by_scope)
   return dict(by_scope), depths, shapes
 
 
@@ -132,7 +132,7 @@ def abstract_init(model, input_shape, train=False, batch=1):
 
 def abstract_variables(model, input_shape, train=False, batch=1):
   """The model's variables as shapes only (jax.eval_shape): nothing is allocated or run."""
-  return abstract_init(model, input_shape, train, batch)[1]
+  return abstract_init(model, input_shape, train=train, batch=batch)[1]
 
 
 def size(tree) -> int:
@@ -162,4 +162,10 @@ def cost(model, input_shape, train=False) -> Cost:
     if len(parts) > 1 or m:  # the root's own glue (pooling, reshapes) is no layer unless it computes
       macs_by_layer[parts[1] if len(parts) > 1 else parts[0]] += m
   params_by_layer = {name: size(tree) for name, tree in variables["params"].items()}
-  return Cost(sum(params_by_layer.values()), macs, depth, params_by_layer, dict(macs_by_layer))
+  return Cost(
+    params=sum(params_by_layer.values()),
+    macs=macs,
+    depth=depth,
+    params_by_layer=params_by_layer,
+    macs_by_layer=dict(macs_by_layer),
+  )

@@ -102,7 +102,7 @@ def _events(jaxpr, scope: tuple[str, ...], out: list):
     if name in ("conv_general_dilated", "dot_general") or name in POOLS:
       out.append(_event(eqn, here))
     elif name == "reduce_sum" and tuple(eqn.params.get("axes", ())) == (1, 2):  # a global average pool
-      out.append(Event(here, "global_avg", _shape(eqn.invars[0]), _shape(eqn.outvars[0]), {}))
+      out.append(Event(here, "global_avg", in_shape=_shape(eqn.invars[0]), out_shape=_shape(eqn.outvars[0]), params={}))
 
 
 def _trace(model, shape: tuple):
@@ -213,7 +213,9 @@ def _boxes(events: list[Event], modules: dict) -> tuple[list[Box], list[tuple]]:
         label = (
           f"{top[0].replace('_', ' ')}, {width}" if call.cls == "Inception" else f"auxiliary classifier, fc {width}"
         )
-        boxes.append(Box(label, WHOLE[call.cls], _stage(call.output_shape), call.output_shape, scope=top[0]))
+        boxes.append(
+          Box(label, WHOLE[call.cls], stage=_stage(call.output_shape), output_shape=call.output_shape, scope=top[0])
+        )
       continue
     if event.primitive in POOLS or event.primitive == "global_avg":
       window = event.params.get("window_dimensions", (1, 2, 2, 1))
@@ -221,14 +223,16 @@ def _boxes(events: list[Event], modules: dict) -> tuple[list[Box], list[tuple]]:
         continue  # a window over channels only: local response normalisation, not a pool
       what = "subsampling, /2" if call.cls == "Subsampling" else _pool_label(event)
       label = f"{_paper_name(top[0]) if top else ''}{what}"
-      boxes.append(Box(label, "pool", _stage(event.out_shape), event.out_shape, scope=top[0] if top else ""))
+      boxes.append(
+        Box(label, "pool", stage=_stage(event.out_shape), output_shape=event.out_shape, scope=top[0] if top else "")
+      )
       continue
     if event.primitive == "dot_general":
       if not top or len(event.params["rhs"]) != 2:
         continue  # a product of activations, not a layer
       kind = LAYER_NAMES.get(call.cls, "fc")  # LeNet-5's output compares with fixed codes: its paper calls it RBF
       label = f"{_paper_name(top[0])}{kind} {event.out_shape[-1]}"
-      boxes.append(Box(label, "fc", "vector", event.out_shape, scope=top[0]))
+      boxes.append(Box(label, "fc", stage="vector", output_shape=event.out_shape, scope=top[0]))
       continue
     # a convolution: one box per unit (a residual block's convolutions, or a top-level layer); LeNet's sparse C3
     # runs one convolution per map: one box for the layer
@@ -240,7 +244,7 @@ def _boxes(events: list[Event], modules: dict) -> tuple[list[Box], list[tuple]]:
       boxes[-1].output_shape, boxes[-1].stage = out_shape, _stage(out_shape)
       continue
     label = f"{_paper_name(top[0])}{_conv_label(event, out_shape[-1])}"
-    boxes.append(Box(label, "conv", _stage(out_shape), out_shape, scope="/".join(unit)))
+    boxes.append(Box(label, "conv", stage=_stage(out_shape), output_shape=out_shape, scope="/".join(unit)))
     if call.cls in BLOCKS and (not blocks or blocks[-1][0] != top):
       blocks.append((top, len(boxes) - 1))
   return boxes, blocks
@@ -278,7 +282,7 @@ def folded(data: dict) -> dict:
     start = len(out_boxes)
     for b in boxes[span.start : span.end + 1]:
       out_boxes.append(dataclasses.replace(b, count=len(run)))
-    out_shortcuts.append(Shortcut(start, len(out_boxes) - 1, span.kind, len(run)))
+    out_shortcuts.append(Shortcut(start, len(out_boxes) - 1, kind=span.kind, count=len(run)))
     i = run[-1].end + 1
   return {**data, "boxes": out_boxes, "shortcuts": out_shortcuts}
 
@@ -321,7 +325,7 @@ def block_data(name: str, block: str, **options) -> dict:
     raise ValueError(f"{name} has no layer {block!r}; its layers: {', '.join(layers)}")
   call, nodes = modules[(block,)], []
   # (the image is the traced function's last argument)
-  _block_nodes(jaxpr, (), {jaxpr.invars[-1]: {FROM_INPUT}}, (type(model).__name__, block), nodes)
+  _block_nodes(jaxpr, (), producers={jaxpr.invars[-1]: {FROM_INPUT}}, block=(type(model).__name__, block), nodes=nodes)
   return {
     "model": name,
     "block": block,
@@ -349,7 +353,7 @@ def _block_nodes(jaxpr, scope: tuple, producers: dict, block: tuple[str, str], n
         s: producers.get(v, set()) if not isinstance(v, jex_core.Literal) else set()
         for s, v in zip(sub.invars, eqn.invars[-len(sub.invars) :])
       }
-      _block_nodes(sub, here, inner, block, nodes)
+      _block_nodes(sub, here, producers=inner, block=block, nodes=nodes)
       for outer, v in zip(eqn.outvars, sub.outvars):
         producers[outer] = inner.get(v, feeding) if not isinstance(v, jex_core.Literal) else set()
       continue

@@ -341,7 +341,7 @@ def main(argv):
   made_at = commit()  # the code the commands run (read once: the pages may be edited while they run)
   runs = pathlib.Path(FLAGS.runs or ROOT / "runs" / ("docs-quick" if FLAGS.quick else f"docs-{made_at.split()[0]}"))
   for section in chosen:
-    block = run_section(section, runs.resolve(), docs, FLAGS.quick, made_at)
+    block = run_section(section, runs.resolve(), docs=docs, quick=FLAGS.quick, made_at=made_at)
     replace_block(docs / section.page, section.name, block)
     print(f"[{section.name}] rewrote {docs / section.page}", flush=True)
 

@@ -72,7 +72,9 @@ def render(figures: list[dict], out: str) -> None:
     ax.set_ylim(-height + 0.4, 0.6)
     ax.set_axis_off()
     for column, figure in enumerate(figures):
-      _draw_column(ax, figure, sum(steps[:column]) + 1.6, colours)  # the stage sizes go in the margin on the left
+      _draw_column(
+        ax, figure, x0=sum(steps[:column]) + 1.6, colours=colours
+      )  # the stage sizes go in the margin on the left
     ax.text(0.3, -height + 0.9, legend, ha="left", va="bottom", fontsize=6, color="#555555")
 
 
@@ -213,7 +215,7 @@ def main(argv):
       options[key] = value  # a bare word: a string option (shortcut=C, inception=naive)
   names = [n for n in FLAGS.model.split(",") if n]
   if FLAGS.block:
-    return draw_block(names, FLAGS.block, options, FLAGS.out)
+    return draw_block(names, FLAGS.block, options=options, out=FLAGS.out)
   fold = {"auto": None, "yes": True, "no": False}[FLAGS.fold]
   figures = [figure_data(name, fold, **options) for name in names]
   if FLAGS.out.endswith(".json"):

@@ -96,7 +96,7 @@ def profile(state: train.TrainState, batch: dict, step_config: train.StepConfig)
   labels = batch["label"].reshape(-1)
   # one device, the whole probe batch: BatchNorm needs no cross-device axis here
   cfg = dataclasses.replace(step_config, model=models.unsynchronised(step_config.model))
-  norms, stats = jax.device_get(_measure(state.params, state.batch_stats, images, labels, cfg))
+  norms, stats = jax.device_get(_measure(state.params, state.batch_stats, images=images, labels=labels, cfg=cfg))
   names = [name for _, name, _ in weighted_layers(state.params)]
   order = forward_order(cfg.model, {"params": state.params, "batch_stats": state.batch_stats}, images.astype("float32"))
   return {
@@ -110,7 +110,9 @@ def training_batches(run: train.Run):
   measurement uses."""
   config = run.config
   return data.reading(
-    data.train_batches(run.dataset, train.input_shape(config), run.layout, config.seed, config.augment)
+    data.train_batches(
+      run.dataset, train.input_shape(config), layout=run.layout, seed=config.seed, augment=config.augment
+    )
   )
 
 

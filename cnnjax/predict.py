@@ -82,7 +82,14 @@ def _described(name: str, data_dir: str | None, num_classes: int = 1000) -> data
   """What prediction needs of a dataset (style, statistics, class names), without reading it where that is known:
   ImageNet's names ship with cnnjax, so an ImageNet network predicts without ImageNet prepared."""
   if name == IMAGENET:  # (num_classes: of a network with torchvision's layout, whose weights may have others)
-    return data.Dataset(name, (), (), num_classes, sources.TFDS[name], tuple(sources.imagenet_classes().values()))
+    return data.Dataset(
+      name,
+      train=(),
+      test=(),
+      num_classes=num_classes,
+      spec=sources.TFDS[name],
+      class_names=tuple(sources.imagenet_classes().values()),
+    )
   return data.load(name, data_dir)
 
 

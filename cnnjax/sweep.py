@@ -235,7 +235,7 @@ def main(argv):
       if not finished(epath.Path(FLAGS.workdir) / run_name(run)):
         print(shlex.join(["python", *command(run, str(epath.Path(FLAGS.workdir) / run_name(run)), extra)[1:]]))
     return
-  failed = [] if FLAGS.summary_only else execute(sweep, FLAGS.workdir, FLAGS.parallel, extra)
+  failed = [] if FLAGS.summary_only else execute(sweep, FLAGS.workdir, parallel=FLAGS.parallel, extra=extra)
   rows = summarize(sweep, FLAGS.workdir)
   where = (
     f"summary in {FLAGS.workdir}/summary.md, summary.csv, summary.png" if rows else f"no summary yet in {FLAGS.workdir}"

@@ -26,7 +26,7 @@ def cifar_like(n: int = 50_000) -> Dataset:
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
   source = ArraySource(images, rng.integers(0, 10, n))
-  return Dataset("cifar-like", source, source, 10, TFDS["cifar10"])
+  return Dataset("cifar-like", train=source, test=source, num_classes=10, spec=TFDS["cifar10"])
 
 
 def imagenet_like(folder: str, n: int = 256, classes: int = 10) -> Dataset:
@@ -39,7 +39,9 @@ def imagenet_like(folder: str, n: int = 256, classes: int = 10) -> Dataset:
     small = Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
     small.resize((500, 375), Image.BILINEAR).save(path / f"{i}.jpg", quality=90)
   dataset = image_folder(folder, test_fraction=0.0)
-  return Dataset("imagenet-like", dataset.train, dataset.test, classes, Spec("imagenet", IMAGENET_STATS))
+  return Dataset(
+    "imagenet-like", train=dataset.train, test=dataset.test, num_classes=classes, spec=Spec("imagenet", IMAGENET_STATS)
+  )
 
 
 def _time(iterator, steps: int):
@@ -78,7 +80,7 @@ def main(argv):
       dataset, shape = cifar_like(), (32, 32, 3)
     else:
       dataset, shape = imagenet_like(folder), (224, 224, 3)
-    result = measure(dataset, shape, FLAGS.batch, FLAGS.steps, FLAGS.workers)
+    result = measure(dataset, shape, batch=FLAGS.batch, steps=FLAGS.steps, workers=FLAGS.workers)
   for key, value in result.items():
     print(f"{key:24s} {value:10.0f}")
 

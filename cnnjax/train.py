@@ -52,7 +52,7 @@ def init_variables(key, model: nn.Module, shape: tuple, dtype=jnp.float32) -> di
 def create_train_state(model: nn.Module, optimizer, shape, seed: int, dtype=jnp.float32) -> TrainState:
   """A fresh TrainState: the model's initial variables (init_variables) kept in `dtype`, float32 (also for
   bfloat16 compute) or float64 where everything runs in float64, and the optimizer's initial state."""
-  variables = init_variables(jax.random.key(seed), models.unsynchronised(model), tuple(shape), dtype)
+  variables = init_variables(jax.random.key(seed), models.unsynchronised(model), shape=tuple(shape), dtype=dtype)
   create = functools.partial(TrainState.create, apply_fn=model.apply, tx=optimizer)
   # jitted too: the optimizer's state is one small program rather than an eager op per parameter
   return jax.jit(lambda v: create(params=v["params"], batch_stats=v["batch_stats"]))(variables)

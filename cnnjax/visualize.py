@@ -112,7 +112,7 @@ def main(argv):
     layer = draw_filters(predictor, title, out)
     print(f"wrote {out}: the kernels of {layer}")
   else:
-    stages = draw_activations(predictor, read_image(images[0]), title, out)
+    stages = draw_activations(predictor, read_image(images[0]), title=title, out=out)
     print(f"wrote {out}: {images[0]} through {', '.join(stages)}")
 
 

@@ -183,7 +183,7 @@ def _read_owner(text: str | None) -> Owner | None:
   try:
     return Owner(**json.loads(text))
   except (ValueError, TypeError):
-    return Owner("", "?", 0, 0.0, 0.0, 0.0, "an unreadable owner.json")
+    return Owner("", "?", pid=0, pid_started=0.0, started=0.0, heartbeat=0.0, command="an unreadable owner.json")
 
 
 class _LocalClaimFile:

@@ -88,7 +88,7 @@ def read_batch(source, indices, input_shape, style: str, train: bool, rng=None, 
   images = [
     r["image"]
     if r["image"].shape == tuple(input_shape) and style != "imagenet"
-    else fit_example(r, input_shape, style, train, g)
+    else fit_example(r, input_shape, style=style, train=train, rng=g)
     for r, g in zip(records, rngs)
   ]
   return {"image": np.stack(images), "label": np.array([r["label"] for r in records], np.int32)}
@@ -111,7 +111,7 @@ def train_batches(
 
   def load(global_indices, rng):
     rows = global_indices[first : first + layout.local_batch]
-    batch = read_batch(train, rows, input_shape, style, train=True, rng=rng, first=first)
+    batch = read_batch(train, rows, input_shape=input_shape, style=style, train=True, rng=rng, first=first)
     if augment and style == "cifar":
       batch["image"] = transforms.pad_crop_flip(batch["image"], rng, first=first, total=layout.global_batch)
     return layout.for_devices(batch)
@@ -135,7 +135,9 @@ def eval_batches(
   def load(slot_indices):
     indices = layout.process_index + np.asarray(slot_indices) * layout.process_count
     real = indices[indices < len(test)]
-    batch = read_batch(test, real, input_shape, dataset.spec.style, train=False) if len(real) else None
+    batch = (
+      read_batch(test, real, input_shape=input_shape, style=dataset.spec.style, train=False) if len(real) else None
+    )
     padding = len(indices) - len(real)
     images = np.zeros((len(indices), *input_shape), np.uint8)
     labels = np.zeros(len(indices), np.int32)

@@ -152,7 +152,14 @@ def _tfds(name: str, data_dir: str | None) -> Dataset:
     builder = tfds.builder(spec.tfds_name, data_dir=cloud.local_data_dir(root, builder.data_dir))
   source = builder.as_data_source()
   label = builder.info.features["label"]
-  return Dataset(name, source["train"], source[spec.test_split], label.num_classes, spec, readable_names(label.names))
+  return Dataset(
+    name,
+    train=source["train"],
+    test=source[spec.test_split],
+    num_classes=label.num_classes,
+    spec=spec,
+    class_names=readable_names(label.names),
+  )
 
 
 def _digits(data_dir: str | None) -> Dataset:
@@ -175,7 +182,14 @@ def _digits(data_dir: str | None) -> Dataset:
   source = builder.as_data_source()
   images = np.stack([source["train"][i]["image"] for i in range(len(source["train"]))]).astype(np.float64)
   stats = (tuple(images.mean(axis=(0, 1, 2)).tolist()), tuple(images.std(axis=(0, 1, 2)).tolist()))
-  return Dataset("digits", source["train"], source["test"], 10, Spec(style("digits"), stats), tuple("0123456789"))
+  return Dataset(
+    "digits",
+    train=source["train"],
+    test=source["test"],
+    num_classes=10,
+    spec=Spec(style("digits"), stats),
+    class_names=tuple("0123456789"),
+  )
 
 
 class ArraySource:
@@ -223,7 +237,11 @@ def _fake(name: str) -> Dataset:
       raise DatasetError(f"cannot read {name!r}: write fake:HxWxC:CLASSES, e.g. fake:224x224x3:1000") from None
   stats = ((127.5,) * shape[2], (73.6,) * shape[2])  # uniform over 0..255
   return Dataset(
-    name, FakeSource(10_000, shape, classes, 0), FakeSource(1_000, shape, classes, 1), classes, Spec(style(name), stats)
+    name,
+    train=FakeSource(10_000, shape, num_classes=classes, seed=0),
+    test=FakeSource(1_000, shape, num_classes=classes, seed=1),
+    num_classes=classes,
+    spec=Spec(style(name), stats),
   )
 
 
@@ -367,8 +385,14 @@ def image_folder(path: str, test_fraction: float = 0.1, bad_images: str = "skip"
       test[c], train[c] = files[:held], files[held:]
   label = {c: i for i, c in enumerate(classes)}
   pairs = lambda split: [(f, label[c]) for c in classes for f in split[c]]
-  files = (ImageFiles(pairs(split), bad_images) for split in (train, test))
-  return Dataset(f"imagefolder:{root}", *files, len(classes), Spec(style("imagefolder:")), tuple(classes))
+  return Dataset(
+    f"imagefolder:{root}",
+    train=ImageFiles(pairs(train), bad_images),
+    test=ImageFiles(pairs(test), bad_images),
+    num_classes=len(classes),
+    spec=Spec(style("imagefolder:")),
+    class_names=tuple(classes),
+  )
 
 
 class Subset:

@@ -43,7 +43,7 @@ def run(
         for seed in seeds:
           net = f"{'resnet' if residual else 'plain'}{depth}"
           name = f"{net}-s{seed}"
-          config = run_config(depth, residual, dataset, seed)
+          config = run_config(depth, residual, dataset=dataset, seed=seed)
           config.data_dir = data_dir
           if epochs:
             config.num_epochs, config.num_steps = epochs, 0

@@ -38,7 +38,7 @@ def max_pool(x, window: int, stride: int, padding: int = 0, ceil_mode: bool = Fa
   pads = [(0, 0)]
   for axis in (1, 2):
     n = x.shape[axis]
-    out = max(output_size(n, window, stride, padding, ceil_mode), 1)
+    out = max(output_size(n, window, stride=stride, padding=padding, ceil_mode=ceil_mode), 1)
     high = (out - 1) * stride + window - n - padding
     if high < 0:  # floor mode leaves trailing rows unused: crop them (negative padding breaks the gradient)
       x = lax.slice_in_dim(x, 0, n + high, axis=axis)
