@@ -8,6 +8,7 @@ type are refused by ml_collections before anything runs.
 import importlib.util
 import math
 import pathlib
+import re
 import sys
 
 import jax
@@ -68,7 +69,12 @@ def base() -> ml_collections.ConfigDict:
 
 def load(name: str, arg: str = "") -> ml_collections.ConfigDict:
   """configs/NAME.py's get_config(arg), as `--config=configs/NAME.py:ARG` gives it, unlocked."""
-  spec = importlib.util.spec_from_file_location(f"configs.{name}", CONFIGS / f"{name}.py")
+  return load_file(CONFIGS / f"{name}.py", arg)
+
+
+def load_file(path, arg: str = "") -> ml_collections.ConfigDict:
+  """The get_config(arg) of the config file at `path`."""
+  spec = importlib.util.spec_from_file_location(f"configs.{pathlib.Path(path).stem}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg) if arg else module.get_config()
@@ -280,7 +286,13 @@ def inert(config) -> dict[str, str]:
 
 
 def parse_flags(argv):
-  """absl's flag parsing, with a bad config override (an unknown field, a wrong type) as one clear line."""
+  """absl's flag parsing, with a config file that does not exist, a bad config override (an unknown field, a wrong
+  type) or a config file's own error as one clear line."""
+  given = dict(
+    a[2:].split("=", 1) for a in argv if a.startswith("--config=") or (a.startswith("--config.") and "=" in a)
+  )
+  if "config" in given:
+    _check_exists(given["config"])
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
@@ -288,7 +300,38 @@ def parse_flags(argv):
     # a config file's own error arrives wrapped in its traceback: keep the first and the last line
     sys.exit(f"error: {lines[0]} {lines[-1]}" if "Traceback" in str(e) else f"error: {e}")
   except (AttributeError, KeyError, TypeError) as e:  # ml_collections' unknown field
-    fields = [a.split("=")[0][2:] for a in argv if a.startswith("--config.")]
+    fields = [f.removeprefix("config.") for f in given if f != "config"]
     # the error names the unknown key alone: find the override that ends in it
-    field = next((f for f in fields if repr(f.rsplit(".", 1)[-1]) in str(e)), " or ".join(fields))
-    sys.exit(f"error: {field} is not a field of this config ({e}); see the config file for its fields")
+    field = next((f for f in fields if re.search(rf"\b{re.escape(f.rsplit('.', 1)[-1])}\b", str(e))), None)
+    if field is None:
+      sys.exit(f"error: {' or '.join(fields)} is not a field of this config ({e})")
+    sys.exit(f"error: unknown field {field}{_did_you_mean(given.get('config', ''), field)}")
+
+
+def _check_exists(config_arg: str):
+  """One line naming a --config file that does not exist, where it was looked for, and the configs that do."""
+  path = config_arg.split(":", 1)[0]
+  if pathlib.Path(path).exists():
+    return
+  where = pathlib.Path.cwd()
+  names = sorted(p.name for p in CONFIGS.glob("*.py"))
+  sys.exit(
+    f"error: --config={config_arg}: {path} does not exist (looked for from {where}); the configs are "
+    f"{', '.join(names)} in {CONFIGS}"
+  )
+
+
+def _did_you_mean(config_arg: str, field: str) -> str:
+  """' (did you mean FIELD?)' with the config's closest field name, or '' when none is close (or it cannot load)."""
+  import difflib
+
+  path, _, arg = config_arg.partition(":")
+  try:
+    parent = load_file(path, arg)
+  except Exception:  # the flag parser reports the file's own errors; a suggestion is only a help
+    return ""
+  *inside, name = field.split(".")
+  for key in inside:
+    parent = parent.get(key) if isinstance(parent, ml_collections.ConfigDict) else None
+  close = difflib.get_close_matches(name, list(parent.keys()), n=1) if parent is not None else []
+  return f" (did you mean {'.'.join([*inside, close[0]])}?)" if close else ""

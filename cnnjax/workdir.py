@@ -75,11 +75,13 @@ def storage_reason(error: BaseException) -> str | None:
 
 
 def _chain(error: BaseException):
+  """`error` and the errors it was raised from, as its traceback shows them (`raise ... from None` ends it: an
+  error that chose to replace its cause, a DatasetError naming an undecodable image, is not that cause)."""
   seen = set()
   while error is not None and id(error) not in seen:
     seen.add(id(error))
     yield error
-    error = error.__cause__ or error.__context__
+    error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
 
 
 def write_text(path, text: str):

@@ -200,7 +200,16 @@ python -m cnnjax.main {read_only_args} > {out}/ro.out 2> {out}/ro.err; echo $? >
   [
     (
       ["--config=configs/lenet5.py", "--config.batch_size=8", "--config.learning_rat=0.1"],
-      "config.learning_rat is not a field",
+      "error: unknown field learning_rat (did you mean learning_rate?)\n",
+    ),
+    (
+      ["--config=configs/cifar_resnet.py:20,local", "--config.model_options.widht=(4,8,16)"],
+      "error: unknown field model_options.widht (did you mean model_options.widths?)\n",
+    ),
+    (
+      ["--config=configs/lenet7.py"],
+      f"error: --config=configs/lenet7.py: configs/lenet7.py does not exist (looked for from {ROOT}); the configs are "
+      f"alexnet.py, cifar_resnet.py, finetune.py, googlenet.py, lenet5.py, resnet.py, vgg.py in {ROOT / 'configs'}\n",
     ),
     (["--config=configs/lenet5.py", "--config.batch_size=big"], "--config.batch_size=big: invalid literal"),
     (["--config=configs/lenet5.py", "--config.model=lenet6"], "unknown model 'lenet6'"),
@@ -216,6 +225,15 @@ def test_bad_input_exits_with_one_clear_message(args, message, tmp_path):
   assert result.returncode == 1
   assert message in result.stderr and "Traceback" not in result.stderr
   assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_a_config_path_from_another_folder_names_that_folder_and_the_configs(tmp_path):
+  """The quickstart run from a folder other than the repository's root: one line, not ml_collections' traceback."""
+  result = subprocess.run(main("--config=configs/lenet5.py"), capture_output=True, text=True, timeout=120, cwd=tmp_path)
+  assert result.returncode == 1 and result.stderr.splitlines() == [
+    f"error: --config=configs/lenet5.py: configs/lenet5.py does not exist (looked for from {tmp_path}); the configs "
+    f"are alexnet.py, cifar_resnet.py, finetune.py, googlenet.py, lenet5.py, resnet.py, vgg.py in {ROOT / 'configs'}"
+  ]
 
 
 def test_commands_keep_compiled_programs_in_a_per_user_cache_unless_told_where(tmp_path):
@@ -248,3 +266,31 @@ def test_ctrl_c_outside_training_ends_every_command_in_one_line():
   code = "from cnnjax import cli\ndef main(argv):\n  raise KeyboardInterrupt\ncli.run(main)"
   result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
   assert result.returncode == 130 and result.stderr == "error: stopped by Ctrl-C\n"
+
+
+def test_a_truncated_jpeg_with_bad_images_stop_names_the_file_not_a_disk_problem(tmp_path):
+  """The decoding error leaves as what it is: the file and the reason (a storage error is only what a write raises)."""
+  from PIL import Image
+
+  rng = np.random.default_rng(0)
+  for split, count in (("train", 16), ("test", 2)):
+    (tmp_path / "images" / split / "cat").mkdir(parents=True)
+    for i in range(count):
+      Image.fromarray(rng.integers(0, 256, (48, 64, 3), np.uint8)).save(
+        tmp_path / "images" / split / "cat" / f"{i}.jpg"
+      )
+  cut = tmp_path / "images" / "train" / "cat" / "3.jpg"
+  cut.write_bytes(cut.read_bytes()[: len(cut.read_bytes()) // 2])  # the header reads, the data is cut short
+  result = run(
+    "--config=configs/lenet5.py",
+    f"--config.dataset=imagefolder:{tmp_path / 'images'}",
+    "--config.bad_images=stop",
+    "--config.model_options.head=dense",
+    "--config.batch_size=8",
+    "--config.num_steps=4",
+    f"--workdir={tmp_path / 'w'}",
+  )
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+  error = result.stderr.strip().splitlines()[-1]
+  assert error.startswith(f"error: cannot decode image {cut}: image file is truncated"), error
+  assert "cannot write" not in result.stderr and "checkpoint" not in error
