@@ -182,7 +182,8 @@ def build(config, dataset: data.Dataset | None = None) -> Run:
   if config.classes or config.shots:
     dataset = data.subset(dataset, config.classes, config.shots)
   layout = layout_of(config.batch_size)
-  steps_per_epoch = max(1, len(dataset.train) // config.batch_size)
+  layout.check_fits(dataset)
+  steps_per_epoch = len(dataset.train) // config.batch_size
   model = models.create(config.model, dataset.num_classes, axis_name=AXIS, **config.model_options)
   learning_rate_fn = optim.schedule(config, steps_per_epoch)
   mean, std = dataset.normalization(config.channels)

@@ -293,3 +293,17 @@ def test_a_subset_of_classes_and_shots_is_a_dataset_of_its_own():
   ]  # every test example of both
   with pytest.raises(data.DatasetError, match=r"classes \(3, 4\) must be distinct labels of toy, from 0 to 3"):
     data.subset(whole, classes=(3, 4))
+
+
+def test_a_batch_larger_than_the_training_split_is_refused_with_the_largest_that_fits():
+  """100,000 on digits was once accepted (and killed by the kernel at 20 GB), 3,000 trained on repeated examples."""
+  d = data.load("fake:8x8x1:3")  # 10,000 training images
+  data.Layout(10_000, local_devices=8).check_fits(d)  # the whole split in one batch: fine
+  with pytest.raises(ValueError) as refused:
+    data.Layout(10_008, local_devices=8).check_fits(d)
+  assert str(refused.value) == (
+    "batch size 10,008 is larger than the 10,000 training examples of fake:8x8x1:3: the largest batch that fits is "
+    "10,000 (1,250 per device on 8 device(s))"
+  )
+  with pytest.raises(ValueError, match=r"the largest batch that fits is 9,996 \(833 per device on 12 device"):
+    data.Layout(12_000, local_devices=4, process_count=3).check_fits(d)

@@ -213,6 +213,11 @@ python -m cnnjax.main {read_only_args} > {out}/ro.out 2> {out}/ro.err; echo $? >
     ),
     (["--config=configs/lenet5.py", "--config.batch_size=big"], "--config.batch_size=big: invalid literal"),
     (["--config=configs/lenet5.py", "--config.model=lenet6"], "unknown model 'lenet6'"),
+    (
+      ["--config=configs/lenet5.py", "--config.batch_size=3000"],
+      "error: batch size 3,000 is larger than the 1,500 training examples of digits: the largest batch that fits is "
+      "1,496 (187 per device on 8 device(s))\n",
+    ),
     (["--config=configs/lenet5.py", "--config.dataset=cifar11"], "unknown dataset 'cifar11'"),
     (["--config=configs/resnet.py:51"], "resnet config argument '51'"),
     (["--config=configs/googlenet.py"], "--config=configs/googlenet.py:local"),  # after where and how to prepare it

@@ -38,6 +38,16 @@ class Layout:
         f"{self.local_devices} device(s); use a multiple of {self.process_count * self.local_devices}"
       )
 
+  def check_fits(self, dataset: Dataset):
+    """ValueError for a global batch larger than the training split: each batch would repeat its examples."""
+    examples, split = len(dataset.train), self.process_count * self.local_devices
+    if self.global_batch > examples:
+      largest = examples // split * split
+      raise ValueError(
+        f"batch size {self.global_batch:,} is larger than the {examples:,} training examples of {dataset.name}: "
+        f"the largest batch that fits is {largest:,} ({largest // split:,} per device on {split} device(s))"
+      )
+
   @property
   def local_batch(self) -> int:
     return self.global_batch // self.process_count
