@@ -95,6 +95,26 @@ def reason(error: BaseException) -> str | None:
   return None
 
 
+@contextlib.contextmanager
+def failures(path: str, verb: str):
+  """A failure to reach a bucket (none, no permission, no credentials) as one WorkdirError naming `path`."""
+  try:
+    yield
+  except Exception as e:
+    why = reason(e)
+    if why is None:
+      raise
+    raise WorkdirError(f"cannot {verb} {path}: {why}.") from None
+
+
+def check_readable(url: str):
+  """WorkdirError in one line unless gs:// `url` can be listed: a command that only reads (a sweep's summary, its
+  commands) finds out about missing credentials or a missing bucket at once, not after gcsfs's retries."""
+  bucket, name = split(url)
+  with failures(url, "read"):
+    next(iter(client().bucket(bucket).list_blobs(prefix=name, max_results=1)), None)
+
+
 class ClaimObject:
   """owner.json in a bucket, read and replaced with generation preconditions (see the module docstring); the
   same interface as the local claim file of cnnjax.workdir. A version is the object's generation."""
@@ -103,22 +123,11 @@ class ClaimObject:
     self.path = str(path)
     self._bucket, self._name = split(path)
 
-  @contextlib.contextmanager
-  def _failures(self, verb: str):
-    """A failure to reach the bucket (none, no permission, no credentials) as one WorkdirError naming the path."""
-    try:
-      yield
-    except Exception as e:
-      why = reason(e)
-      if why is None:
-        raise
-      raise WorkdirError(f"cannot {verb} {self.path}: {why}.") from None
-
   def read(self) -> tuple[str | None, str | None]:
     """(text, generation) of the claim, (None, None) if there is none."""
     from google.api_core import exceptions as api
 
-    with self._failures("read"):
+    with failures(self.path, "read"):
       blob = client().bucket(self._bucket).blob(self._name)
       try:
         blob.reload()
@@ -132,7 +141,7 @@ class ClaimObject:
     run changed it meanwhile."""
     from google.api_core import exceptions as api
 
-    with self._failures("write"):
+    with failures(self.path, "write"):
       blob, generation = client().bucket(self._bucket).blob(self._name), int(version) if version else 0
       try:
         if text is None:

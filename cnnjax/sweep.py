@@ -28,7 +28,7 @@ import threading
 from absl import app, flags
 from etils import epath
 
-from cnnjax import cli, errors, metrics
+from cnnjax import cli, cloud, errors, metrics
 from cnnjax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
@@ -228,6 +228,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   cli.start()
   sweep = load(FLAGS.sweep)
+  if workdir_lib.is_remote(FLAGS.workdir):
+    cloud.check_readable(FLAGS.workdir)
   names = ("coordinator_address", "num_processes", "process_id", "distributed_timeout")
   extra = [f"--{n}={FLAGS[n].value}" for n in names if FLAGS[n].present]
   if FLAGS.print_commands:

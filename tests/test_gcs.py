@@ -9,6 +9,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 
@@ -19,7 +20,7 @@ from etils import epath
 from cnnjax import checkpoint, cloud, data
 from cnnjax import workdir as workdir_lib
 
-from helpers import interrupt, leaves, run, run_sweep
+from helpers import ROOT, interrupt, leaves, run, run_sweep
 
 LENET = [
   "--config=configs/lenet5.py",
@@ -147,6 +148,16 @@ def test_one_run_per_bucket_workdir_and_a_stale_claim_is_taken_over(gcs, monkeyp
     winners[0].check()
 
 
+def without_credentials(tmp_path) -> dict:
+  """An environment pointing at the real GCS, with nowhere credentials could come from."""
+  env = dict(os.environ)
+  for key in ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL", "GOOGLE_AUTH_TOKEN_FOR_TESTING"):
+    env.pop(key, None)
+  env.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
+  env["CLOUDSDK_CONFIG"] = str(tmp_path / "gcloud")  # no `gcloud auth application-default login` there
+  return env
+
+
 @pytest.mark.parametrize(
   "case,bucket,verb,cause",
   [
@@ -176,16 +187,7 @@ def test_a_bucket_that_is_missing_or_not_writable_or_no_credentials_stop_the_run
 ):
   if case != "missing":
     gcs.bucket(bucket)
-  env = dict(os.environ)
-  if case == "no credentials":  # the real GCS, and nowhere credentials could come from
-    for key in (
-      "STORAGE_EMULATOR_HOST",
-      "TENSORSTORE_GCS_HTTP_URL",
-      "GOOGLE_AUTH_TOKEN_FOR_TESTING",
-      "GOOGLE_APPLICATION_CREDENTIALS",
-    ):
-      env.pop(key, None)
-    env["CLOUDSDK_CONFIG"] = str(tmp_path / "gcloud")  # no `gcloud auth application-default login` there
+  env = without_credentials(tmp_path) if case == "no credentials" else dict(os.environ)
   result = run(*LENET, f"--config.data_dir={tfds_dir}", f"--workdir=gs://{bucket}/run", env=env)
   assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
   assert result.stderr.strip().splitlines() == [f"error: cannot {verb} gs://{bucket}/run/owner.json: {cause}."], (
@@ -222,3 +224,30 @@ def test_a_sweep_in_a_bucket_logs_and_summarises_there(gcs, tfds_dir, tmp_path):
   written = gcs.objects(workdir)
   assert {"summary.md", "summary.csv", "summary.png", f"{name}.log", f"{name}/summary.json"} <= written, written
   assert "done: final step 2" in epath.Path(f"{workdir}/{name}.log").read_text()
+
+
+def test_a_sweeps_commands_on_a_bucket_without_credentials_stop_in_one_line_at_once(tmp_path):
+  """README's `--print_commands` line with no credentials: the same line as cnnjax.main gives, in seconds (gcsfs
+  alone retried for a minute and printed its tracebacks)."""
+  start = time.time()
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "cnnjax.sweep",
+      "--sweep=configs/sweeps/degradation.py",
+      "--workdir=gs://cnnjax-runs/deg",
+      "--print_commands",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env=without_credentials(tmp_path),
+  )
+  assert result.returncode == 1 and result.stdout == "", result.stderr
+  assert result.stderr.strip().splitlines() == [
+    "error: cannot read gs://cnnjax-runs/deg: no Google Cloud credentials (on a laptop run `gcloud auth "
+    "application-default login`; a TPU VM uses its service account)."
+  ]
+  assert time.time() - start < 30
