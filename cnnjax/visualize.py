@@ -82,7 +82,9 @@ def draw_activations(predictor: Predictor, image: np.ndarray, title: str, out: s
     shown = fitted.squeeze(-1) if fitted.shape[-1] == 1 else fitted
     axes[0, 0].imshow(shown, cmap="gray", interpolation="nearest")
     axes[0, 0].set_title(f"input {fitted.shape[0]}x{fitted.shape[1]}", fontsize=8)
-    axes[0, 1].text(0, 0.5, title, fontsize=9, va="center")
+    # the title runs across the empty cells of the first row; left out of the layout, so its length cannot shrink
+    # the tiles
+    axes[0, 1].text(0, 0.5, title, fontsize=9, va="center", in_layout=False)
     for row, (name, fmap) in enumerate(maps, start=1):
       for c in range(min(channels, fmap.shape[-1])):
         axes[row, c].imshow(_scaled(fmap[..., c]), cmap="viridis", interpolation="nearest", vmin=0, vmax=1)

@@ -97,3 +97,32 @@ def test_the_commands_write_their_pictures(lenet_workdir, tmp_path):
     check=False,
   )
   assert wrong.returncode == 1 and "activations takes one image" in wrong.stderr
+
+
+@pytest.mark.parametrize("family", ["lenet5", "resnet18"])
+def test_the_activation_tiles_are_as_large_with_a_long_title_as_with_a_short_one(family, monkeypatch, tmp_path):
+  """A workdir's title ("resnet18 on imagenet2012") once squeezed every tile to a third of its size."""
+  import contextlib
+
+  from cnnjax import metrics, visualize
+
+  drawn, real = [], metrics.figure
+
+  @contextlib.contextmanager
+  def keeping_axes(*args, **kwargs):
+    with real(*args, **kwargs) as axes:
+      drawn.append(axes)
+      yield axes
+
+  monkeypatch.setattr(visualize.metrics, "figure", keeping_axes)
+  model = models.create(family, num_classes=10)
+  shape = models.input_shape(family)
+  variables = train.init_variables(jax.random.key(0), model, shape)
+  predictor = Predictor(family, model, variables, shape, data.load("fake:32x32x3:10"))
+  image = np.random.default_rng(0).integers(0, 256, (40, 48, 3), np.uint8)
+  widths = []
+  for title in ("x", f"{family} on imagenet2012, a title as long as a workdir's can be"):
+    visualize.draw_activations(predictor, image, title=title, out=str(tmp_path / "a.png"))
+    tile = drawn[-1][1, 0].get_window_extent()  # the first stage's first channel, in pixels
+    widths.append(tile.width)
+  assert widths[1] == pytest.approx(widths[0], rel=0.02) and widths[0] > 90  # 1.3 in per tile at 100 dpi
