@@ -102,7 +102,19 @@ def run(main, config_flag: str = "config"):
     with one_line_errors(config_path):
       return main(argv)
 
+  _show_shared_flags()
   app.run(guarded, flags_parser=parse_flags)
+
+
+def _show_shared_flags():
+  """Make the flags a command defines through cnnjax's shared helpers (--seeds, --workdir of the experiments, the
+  distributed flags) key flags of the command, so its --help lists them beside its own (absl lists only the flags
+  defined in the main module)."""
+  main_module = sys.argv[0]
+  for module, defined in flags.FLAGS.flags_by_module_dict().items():
+    if module != main_module and module.startswith("cnnjax."):
+      for flag in defined:
+        flags.FLAGS.register_key_flag_for_module(main_module, flag)
 
 
 def define_distributed_flags():

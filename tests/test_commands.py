@@ -3,6 +3,7 @@ commands have tests of their own): each ends with the output its documentation p
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -97,3 +98,28 @@ def test_docs_remakes_a_pages_figures_and_tables_between_its_markers(tmp_path):
   refused = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert refused.returncode == 1 and "has no block `<!-- docs: cost -->`" in refused.stderr
   assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "second").exists()  # nothing ran
+
+
+def listed_flags(text: str) -> set[str]:
+  return set(re.findall(r"^\s+--(?:\[no\])?(\w+)", text, flags=re.M))
+
+
+def test_every_commands_help_lists_the_flags_it_takes():
+  """`--help` once listed none of the experiments' flags (--seeds, --workdir: defined by shared helpers, which
+  absl shows only under --helpfull). Every flag a cnnjax module defines for the command is in its --help now."""
+  commands = ["cnnjax.main", "cnnjax.sweep"] + [
+    f"cnnjax.experiments.{e}" for e in ("degradation", "auxiliary", "transfer")
+  ]
+  helps = {(c, h): start(c, h) for c in commands for h in ("--help", "--helpfull")}
+  out = {key: process.communicate(timeout=300)[0] for key, process in helps.items()}  # (absl's --helpfull exits 1)
+  for command in commands:
+    full = out[command, "--helpfull"]
+    # --helpfull lists flags under the module that defines them: those of cnnjax's are the command's own
+    ours = set()
+    for section in re.split(r"\n(?=\S)", full):
+      header = section.splitlines()[0]
+      if header.startswith("cnnjax.") or "/cnnjax/" in header:  # a cnnjax module, or the command's own file
+        ours |= listed_flags(section)
+    assert ours and ours <= listed_flags(out[command, "--help"]), (command, ours - listed_flags(out[command, "--help"]))
+  assert {"seeds", "workdir", "data_dir"} <= listed_flags(out["cnnjax.experiments.auxiliary", "--help"])
+  assert {"depths", "seeds"} <= listed_flags(out["cnnjax.experiments.degradation", "--help"])
