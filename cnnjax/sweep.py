@@ -17,6 +17,7 @@ import concurrent.futures
 import contextlib
 import importlib.util
 import itertools
+import json
 import re
 import shlex
 import signal
@@ -86,14 +87,26 @@ class Children:
     self.live, self.received = set(), None
     self._lock = threading.Lock()  # a run starts entirely before or entirely after a signal is passed on
 
-  def run(self, args, **popen) -> int | None:
-    """The run's exit status, or None if the sweep was stopped before it could start."""
+  def run(self, args, log, echo: bool = False) -> int | None:
+    """The run's exit status, or None if the sweep was stopped before it could start. Its output goes to the file
+    `log`, and with `echo` to this process's stdout and stderr as well, as it comes."""
     with self._lock:
       if self.received is not None:
         return None
-      process = subprocess.Popen(args, start_new_session=True, **popen)
+      streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE} if echo else {"stdout": log, "stderr": log}
+      process = subprocess.Popen(args, start_new_session=True, text=True, **streams)
       self.live.add(process)
     try:
+      if echo:
+        written = threading.Lock()  # whole lines into the log, from the two streams
+        copies = [
+          threading.Thread(target=_tee, args=(process.stdout, sys.stdout, log, written)),
+          threading.Thread(target=_tee, args=(process.stderr, sys.stderr, log, written)),
+        ]
+        for copy in copies:
+          copy.start()
+        for copy in copies:
+          copy.join()
       return process.wait()
     finally:
       self.live.discard(process)
@@ -115,18 +128,58 @@ class Children:
         signal.signal(signum, handler)
 
 
+def _tee(pipe, stream, log, lock: threading.Lock):
+  for line in pipe:
+    stream.write(line)
+    stream.flush()
+    with lock:
+      log.write(line)
+
+
 def logged(path: epath.Path, run_with_log):
   """run_with_log(file) with its output appended to `path`; in a bucket, the log is written locally while the run
   lasts (objects cannot be appended to) and added to the object once it ends."""
   if not workdir_lib.is_remote(path):
     with open(path, "a") as log:
       return run_with_log(log)
-  with tempfile.TemporaryFile() as log:
+  with tempfile.TemporaryFile("w+") as log:
     try:
       return run_with_log(log)
     finally:
       log.seek(0)
-      workdir_lib.Appender(path).append(log.read())
+      workdir_lib.Appender(path).append(log.read().encode())
+
+
+SUCCEEDED_OR_STOPPED = (0, 130, 143, None)  # done, stopped by Ctrl-C or SIGTERM (it resumes), or never started
+
+
+def record_failure(root: epath.Path, name: str, code: int | None):
+  """WORKDIR/NAME.failed.json: a failed run's exit status and its last error line (from NAME.log), for the
+  summary and the advice; removed once the run succeeds or stops as asked."""
+  record = root / f"{name}.failed.json"
+  if code in SUCCEEDED_OR_STOPPED:
+    if record.exists():
+      record.unlink()
+    return
+  errors = [line for line in (root / f"{name}.log").read_text().splitlines() if line.startswith("error: ")]
+  error = errors[-1].removeprefix("error: ") if errors else ""
+  workdir_lib.write_text(record, json.dumps({"exit": code, "error": error}))
+
+
+def failure(root: epath.Path, name: str) -> dict | None:
+  record = root / f"{name}.failed.json"
+  return json.loads(record.read_text()) if record.exists() else None
+
+
+def state(root: epath.Path, name: str) -> str:
+  """A run's state in words: finished, failed (with its error), unfinished (resumable), or not started."""
+  if finished(root / name):
+    return "finished"
+  if (failed := failure(root, name)) is not None:
+    return f"failed: {failed['error'] or 'exit ' + str(failed['exit'])}"
+  if (root / name / "checkpoints").exists():
+    return "unfinished: resumes from its last checkpoint"
+  return "not started"
 
 
 def execute(sweep: list[dict], workdir: str, parallel: int = 1, extra=()) -> list[str]:
@@ -135,8 +188,9 @@ def execute(sweep: list[dict], workdir: str, parallel: int = 1, extra=()) -> lis
   The sweep owns WORKDIR while it runs (a second sweep there is refused), and each run its own folder. A sweep
   of multi-host runs (`extra` names a coordinator) runs on every host, so there only the runs claim their
   folders, each for the whole job. The unfinished runs are listed once, at the start, so processes of a
-  multi-host run all step through the same list. With several at a time each run's output goes to
-  WORKDIR/NAME.log. Stopped by a signal (see Children), it raises errors.Stopped.
+  multi-host run all step through the same list. Each run's output goes to WORKDIR/NAME.log (one at a time, to
+  the terminal too); a failure's last error line to NAME.failed.json (see `state`). Stopped by a signal (see
+  Children), it raises errors.Stopped.
   """
   root = epath.Path(workdir)
   pending = [run for run in sweep if not finished(root / run_name(run))]
@@ -152,11 +206,11 @@ def execute(sweep: list[dict], workdir: str, parallel: int = 1, extra=()) -> lis
       return None
     print(f"{name}: {'resuming' if (root / name / 'checkpoints').exists() else 'starting'}", flush=True)
     args = command(run, str(root / name), extra)
-    if parallel == 1:
-      return children.run(args)
-    code = logged(root / f"{name}.log", lambda log: children.run(args, stdout=log, stderr=subprocess.STDOUT))
+    # one at a time, its output shows as it comes (and is logged); several at a time, each has its log alone
+    code = logged(root / f"{name}.log", lambda log: children.run(args, log, echo=parallel == 1))
     outcome = {0: "done", 130: "stopped by Ctrl-C", 143: "stopped by SIGTERM"}.get(code, f"failed (exit {code})")
-    print(f"{name}: {outcome}" + ("" if code in (0, 130, 143) else f", see {root / name}.log"), flush=True)
+    print(f"{name}: {outcome}" + ("" if code in (0, 130, 143, None) else f", see {root / name}.log"), flush=True)
+    record_failure(root, name, code)
     return code
 
   owner = contextlib.nullcontext() if multihost else workdir_lib.claim(root)
@@ -174,26 +228,21 @@ def execute(sweep: list[dict], workdir: str, parallel: int = 1, extra=()) -> lis
 
 
 def summarize(sweep: list[dict], workdir: str) -> list[dict]:
-  """summary.md, summary.csv and summary.png in `workdir` from every finished run; returns the table's rows."""
+  """summary.md, summary.csv and summary.png in `workdir`: every run with its state, the finished ones with their
+  final errors (and, in the figure, their curves); returns the table's rows (none when no run has started)."""
   root, rows, curves = epath.Path(workdir), [], {}
   for run in sweep:
     name = run_name(run)
-    if not finished(root / name):
-      continue
-    errors = metrics.final_errors(root / name)
-    rows.append(
-      {
-        "run": name,
-        **run,
-        "final_step": errors["step"],
-        "train_error": round(errors["train_error"], 2),
-        "test_error": round(errors["test_error"], 2),
-      }
-    )
-    lines = metrics.read_metrics(root / name / "metrics.jsonl")
-    curves[name] = [(line["step"], line["train_loss"]) for line in lines if "train_loss" in line]
-  if not rows:
-    return rows
+    row = {"run": name, **run, "state": state(root, name)}
+    if row["state"] == "finished":
+      errors = metrics.final_errors(root / name)
+      row |= {"final_step": errors["step"], "train_error": round(errors["train_error"], 2)}
+      row["test_error"] = round(errors["test_error"], 2)
+      lines = metrics.read_metrics(root / name / "metrics.jsonl")
+      curves[name] = [(line["step"], line["train_loss"]) for line in lines if "train_loss" in line]
+    rows.append(row)
+  if all(row["state"] == "not started" for row in rows):
+    return []
   columns = list(dict.fromkeys(k for row in rows for k in row))
   rows = [{c: row.get(c, "") for c in columns} for row in rows]
   metrics.write_csv(root / "summary.csv", rows)
@@ -206,7 +255,8 @@ def summarize(sweep: list[dict], workdir: str) -> list[dict]:
     loss_ax.set(xlabel="step", ylabel="training loss", yscale="log", title="training loss")
     if len(curves) <= 8:  # beyond that a legend hides the curves; the bars beside name every run
       loss_ax.legend(fontsize=7)
-    error_ax.barh([row["run"] for row in rows], [row["test_error"] for row in rows])
+    done = [row for row in rows if row["state"] == "finished"]
+    error_ax.barh([row["run"] for row in done], [row["test_error"] for row in done])
     error_ax.set(xlabel="test error (%)", title="final test error")
     error_ax.tick_params(axis="y", labelsize=7)
   return rows
@@ -239,12 +289,34 @@ def main(argv):
     return
   failed = [] if FLAGS.summary_only else execute(sweep, FLAGS.workdir, parallel=FLAGS.parallel, extra=extra)
   rows = summarize(sweep, FLAGS.workdir)
+  done = sum(row["state"] == "finished" for row in rows)
   where = (
     f"summary in {FLAGS.workdir}/summary.md, summary.csv, summary.png" if rows else f"no summary yet in {FLAGS.workdir}"
   )
-  print(f"{len(rows)} of {len(sweep)} runs finished; {where}")
+  print(f"{done} of {len(sweep)} runs finished; {where}")
   if failed:
-    sys.exit(f"error: {len(failed)} run(s) failed: {', '.join(failed)}; rerun the same command to resume them")
+    sys.exit(f"error: {advice(epath.Path(FLAGS.workdir), failed)}")
+
+
+def advice(root: epath.Path, failed: list[str]) -> str:
+  """What the failed runs need, by how they failed: a run that stopped with an error (a bad override, a dataset
+  that is not there, a diverging loss) fails the same way until that is fixed; one that crashed or was killed
+  resumes from its checkpoint when the command is rerun."""
+  records = {name: failure(root, name) or {"exit": None, "error": ""} for name in failed}
+  with_error = [f"{name} ({r['error']})" for name, r in records.items() if r["exit"] == 1 and r["error"]]
+  crashed = [f"{name} (exit {r['exit']})" for name, r in records.items() if not (r["exit"] == 1 and r["error"])]
+  parts = []
+  if with_error:
+    parts.append(
+      f"{len(with_error)} run(s) failed with an error: {', '.join(with_error)}: fix what it says, then rerun the "
+      "same command"
+    )
+  if crashed:
+    parts.append(
+      f"{len(crashed)} run(s) ended without one (a crash or a kill: see NAME.log): {', '.join(crashed)}: rerun "
+      "the same command to resume them"
+    )
+  return "; ".join(parts)
 
 
 if __name__ == "__main__":

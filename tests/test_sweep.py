@@ -104,3 +104,31 @@ def test_grid_and_names():
     "resnet-34-plain__learning_rate=0.05__seed=1"
   )
   assert sweep.run_name({"config": "configs/lenet5.py", "data_dir": "/data/tfds"}) == "lenet5__data_dir=-data-tfds"
+
+
+def test_a_failed_run_is_in_the_summary_with_its_error_and_the_advice_fits_how_it_failed(tmp_path, tfds_dir):
+  """A run whose override is invalid fails the same way again: the sweep says to fix it, not to rerun and resume;
+  summary.md and summary.csv list every run with its state."""
+  file, workdir = tmp_path / "bad.py", tmp_path / "sweep"
+  file.write_text(TINY.replace("learning_rate=[0.01, 0.05]", 'learning_rate=[0.01, "fast"]'))
+  env = {**os.environ, "TFDS_DATA_DIR": str(tfds_dir)}
+  command = [sys.executable, "-m", "cnnjax.sweep", f"--sweep={file}", f"--workdir={workdir}"]
+  result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+  good, bad = (sweep.run_name(r) for r in sweep.load(str(file)))
+  why = "flag --config.learning_rate=fast: could not convert string to float: 'fast'"
+  assert result.returncode == 1 and "1 of 2 runs finished" in result.stdout
+  assert result.stderr.strip().splitlines()[-1] == (
+    f"error: 1 run(s) failed with an error: {bad} ({why}): fix what it says, then rerun the same command"
+  )
+  rows = {r["run"]: r for r in csv.DictReader((workdir / "summary.csv").open())}
+  assert rows[good]["state"] == "finished" and rows[good]["final_step"] == "4"
+  assert rows[bad]["state"] == f"failed: {why}" and rows[bad]["test_error"] == ""
+  assert f"| failed: {why} |" in (workdir / "summary.md").read_text()
+
+  # a run that crashed (killed: no error line) is to be resumed; one not yet started is said to be so
+  (workdir / f"{bad}.failed.json").write_text(json.dumps({"exit": -9, "error": ""}))
+  assert sweep.state(workdir, bad) == "failed: exit -9" and sweep.state(workdir, "other") == "not started"
+  assert sweep.advice(workdir, [bad]) == (
+    f"1 run(s) ended without one (a crash or a kill: see NAME.log): {bad} (exit -9): rerun the same command to "
+    "resume them"
+  )
