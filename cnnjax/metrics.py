@@ -124,22 +124,25 @@ def figure(path, *args, **kwargs):
     fig.savefig(f, format=path.suffix[1:] or "png", dpi=100)
 
 
+def plot_series(ax, x, y, *fmt, **style):
+  """ax.plot, with a marker on a series of one point (which a line alone does not show)."""
+  if len(x) == 1 and not fmt and "marker" not in style:
+    style = {"marker": "o", "markersize": 4, **style}
+  return ax.plot(x, y, *fmt, **style)
+
+
 def plot_curves(metrics_path, png_path):
   """Loss and error (1 - accuracy) against step, training and test, from metrics.jsonl."""
   lines = read_metrics(metrics_path)
   train = [line for line in lines if "train_loss" in line]
   test = [line for line in lines if "eval_loss" in line]
   with figure(png_path, 1, 2, figsize=(10, 4)) as (loss_ax, err_ax):
-    for rows, prefix, style in ((train, "train", "-"), (test, "eval", "o-")):
+    for rows, prefix, style in ((train, "train", "-" if len(train) > 1 else "o"), (test, "eval", "o-")):
       if rows:
         steps = [r["step"] for r in rows]
-        loss_ax.plot(steps, [r[f"{prefix}_loss"] for r in rows], style, label="train" if prefix == "train" else "test")
-        err_ax.plot(
-          steps,
-          [100 * (1 - r[f"{prefix}_accuracy"]) for r in rows],
-          style,
-          label="train" if prefix == "train" else "test",
-        )
+        label = "train" if prefix == "train" else "test"
+        plot_series(loss_ax, steps, [r[f"{prefix}_loss"] for r in rows], style, label=label)
+        plot_series(err_ax, steps, [100 * (1 - r[f"{prefix}_accuracy"]) for r in rows], style, label=label)
     loss_ax.set(xlabel="step", ylabel="loss", title="loss")
     err_ax.set(xlabel="step", ylabel="error (%)", title="error")
     for ax in (loss_ax, err_ax):

@@ -251,7 +251,7 @@ def summarize(sweep: list[dict], workdir: str) -> list[dict]:
   (root / "summary.md").write_text("\n".join(table) + "\n")
   with metrics.figure(root / "summary.png", 1, 2, figsize=(12, 4.5)) as (loss_ax, error_ax):
     for name, points in curves.items():
-      loss_ax.plot(*zip(*points), label=name)
+      metrics.plot_series(loss_ax, *zip(*points), label=name)
     loss_ax.set(xlabel="step", ylabel="training loss", yscale="log", title="training loss")
     if len(curves) <= 8:  # beyond that a legend hides the curves; the bars beside name every run
       loss_ax.legend(fontsize=7)

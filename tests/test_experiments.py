@@ -184,3 +184,33 @@ def test_transfer_pretrains_once_and_trains_each_way_from_its_start(tfds_dir, tm
   ] == "run,way,seed,step,train_error,test_error,test_error_at_10"
   assert "| from scratch | 1 |" in transfer.summary_table(rows)
   assert (tmp_path / "transfer.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_every_series_of_the_figures_shows_even_with_a_single_point(tmp_path, monkeypatch):
+  """degradation.png after `--epochs=1`: one evaluation per run, once drawn as a dashed line of one point, which
+  shows nothing. Every line of the experiments' and the run's figures has a marker or at least two points."""
+  import contextlib
+
+  from cnnjax import metrics
+
+  drawn, real = [], metrics.figure
+
+  @contextlib.contextmanager
+  def keeping_axes(*args, **kwargs):
+    with real(*args, **kwargs) as axes:
+      drawn.append(axes)
+      yield axes
+
+  monkeypatch.setattr(metrics, "figure", keeping_axes)
+  rows = []
+  for residual in (False, True):
+    net = f"{'resnet' if residual else 'plain'}20"
+    (tmp_path / net).mkdir()
+    lines = [{"step": 10, "train_accuracy": 0.5, "train_loss": 1.0}, {"step": 10, "eval_accuracy": 0.6, "eval_loss": 1}]
+    (tmp_path / net / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    rows.append({"run": net, "net": net, "residual": residual})
+  degradation.plot(tmp_path, rows, "digits")
+  metrics.plot_curves(tmp_path / "plain20" / "metrics.jsonl", tmp_path / "curves.png")
+  lines = [line for axes in drawn for ax in np.ravel(axes) for line in ax.get_lines()]
+  assert len(lines) == 4 + 4  # train and test of two runs; loss and error of train and test
+  assert all(len(line.get_xdata()) > 1 or line.get_marker() not in (None, "", "None", " ") for line in lines)

@@ -114,7 +114,8 @@ def plot(workdir, results: list[dict]):
       ax.legend(fontsize=7)
     for r in results:
       lines = [line for line in metrics.read_metrics(workdir / r["run"] / "metrics.jsonl") if "eval_accuracy" in line]
-      axes[2].plot(
+      metrics.plot_series(
+        axes[2],
         [line["step"] for line in lines],
         [100 * (1 - line["eval_accuracy"]) for line in lines],
         color="C0" if r["aux_heads"] else "C3",

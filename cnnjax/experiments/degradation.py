@@ -89,14 +89,16 @@ def plot(workdir, rows, dataset):
         train_lines = [line for line in lines if "train_accuracy" in line]
         test_lines = [line for line in lines if "eval_accuracy" in line]
         color, first_seed = f"C{nets.index(row['net'])}", row is next(r for r in family if r["net"] == row["net"])
-        ax.plot(
+        metrics.plot_series(
+          ax,
           [line["step"] for line in train_lines],
           [100 * (1 - line["train_accuracy"]) for line in train_lines],
           color=color,
           linewidth=2.2,
           label=f"{row['net']} train" if first_seed else None,
         )
-        ax.plot(
+        metrics.plot_series(
+          ax,
           [line["step"] for line in test_lines],
           [100 * (1 - line["eval_accuracy"]) for line in test_lines],
           color=color,

@@ -97,7 +97,8 @@ def plot(workdir, results: list[dict]):
     bars.grid(alpha=0.3, axis="y")
     for r in trained:
       lines = [line for line in metrics.read_metrics(workdir / r["run"] / "metrics.jsonl") if "eval_accuracy" in line]
-      curves.plot(
+      metrics.plot_series(
+        curves,
         [line["step"] for line in lines],
         [100 * (1 - line["eval_accuracy"]) for line in lines],
         color=COLORS[r["way"]],
