@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jex_core
 
+from cnnjax import models
+
 _WEIGHTED = ("conv_general_dilated", "dot_general")
 
 
@@ -122,6 +124,20 @@ def initialise(model, train: bool):
   """x -> (the model's output, its variables): init runs the forward pass anyway, so one trace gives both."""
   rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
   return lambda x: model.init_with_output(rngs, x, train=train)
+
+
+def changing_options(name: str, options: dict) -> dict:
+  """Those of `options` that change model `name`'s computation: an option at its default, or one the rest of the
+  model makes inert (a shortcut option of a plain net), leaves the traced program as it is without it."""
+  defaults = models.defaults(name)
+  options = {k: v for k, v in options.items() if k not in defaults or v != defaults[k]}
+  program = lambda given: str(
+    jax.make_jaxpr(initialise(models.create(name, **given), train=True))(
+      jax.ShapeDtypeStruct((1, *models.input_shape(name)), jnp.float32)
+    )
+  )
+  everything = program(options)
+  return {k: v for k, v in options.items() if program({o: w for o, w in options.items() if o != k}) != everything}
 
 
 def abstract_init(model, input_shape, train=False, batch=1):

@@ -191,7 +191,7 @@ def _unfolded(name: str, options: tuple) -> dict:
   training_only = {path[0] for path, call in modules.items() if call.cls in TRAINING_ONLY}
   return {
     "name": name,
-    "options": options,
+    "options": complexity.changing_options(name, options),  # what the figure names: what changes the network
     "input_shape": shape,
     "macs": sum(e.macs for e in events if not (e.scope[:1] and e.scope[0] in training_only)),
     "params": complexity.size({k: v for k, v in variables["params"].items() if k not in training_only}),
@@ -302,9 +302,9 @@ def block_panels(name: str, block: str, **options) -> list[dict]:
   panel = block_data(name, block, **options)
   if panel["kind"] != "Inception" or "inception" in options:
     return [panel]
+  # each panel says which variant it is (its options name only what differs from the model as built)
   return [
-    block_data(name, block, **options, inception="naive"),
-    block_data(name, block, **options, inception="reduced"),
+    {**block_data(name, block, **options, inception=v), "variant": f"inception={v}"} for v in ("naive", "reduced")
   ]
 
 
@@ -330,7 +330,7 @@ def block_data(name: str, block: str, **options) -> dict:
     "model": name,
     "block": block,
     "kind": call.cls,
-    "options": options,
+    "options": complexity.changing_options(name, options),
     "input_shape": call.input_shape,
     "output_shape": call.output_shape,
     "macs": sum(n["macs"] for n in nodes),

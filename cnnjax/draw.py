@@ -130,7 +130,7 @@ def render_blocks(panels: list[dict], out: str) -> None:
     note = "under each branch: its multiply-adds"
     if len(panels) == 2:
       ratio = panels[0]["macs"] / panels[1]["macs"]
-      naive, reduced = (p["options"].get("inception", "") for p in panels)
+      naive, reduced = (p["variant"].removeprefix("inception=") for p in panels)
       note += f"; the {naive} module costs {ratio:.2f}x the {reduced} one"
     ax.text(0.3, -height + 0.3, note, ha="left", va="bottom", fontsize=8, color="#333333")
 
@@ -154,7 +154,8 @@ def _draw_panel(ax, panel: dict, layout: tuple[list[int], int], left: float) -> 
   centre = left + count * 7.5 / 2
   place = lambda x, y, text, colour, w=6.4: _box(ax, x, y, text, colour, (w, 2.2), 8, rounding=0.3)
   link = lambda a, b: _arrow(ax, a, b, linewidth=0.6, mutation_scale=6)
-  options = ", ".join(f"{k}={v}" for k, v in panel["options"].items())
+  named = dict(panel["options"]) | dict([panel["variant"].split("=", 1)] if "variant" in panel else [])
+  options = ", ".join(f"{k}={v}" for k, v in named.items())
   title = f"{panel['model']} {panel['block']}" + (f" ({options})" if options else "")
   title += f"\n{scaled(panel['macs'])} multiply-adds"
   ax.text(centre, 0.2, title, ha="center", va="bottom", fontsize=9, fontweight="bold")

@@ -25,7 +25,7 @@ from absl import app, flags
 from etils import epath
 from ml_collections import config_flags
 
-from cnnjax import cli, data, devices, metrics, models, train
+from cnnjax import cli, complexity, data, devices, metrics, models, train
 from cnnjax import config as config_lib
 
 FLAGS = flags.FLAGS
@@ -152,7 +152,9 @@ def plot(report: dict, path):
       depths = [layer["depth"] for layer in result["layers"]]
       norms = np.maximum([layer["grad_norm"] for layer in result["layers"]], 1e-45)  # a vanished gradient still shows
       ax.semilogy(depths, norms, "o-", markersize=3, label=f"step {result['step']}")
-    options = ", ".join(f"{k}={v}" for k, v in report["model_options"].items())
+    # the options that change the network, not every option the config lists
+    changing = complexity.changing_options(report["model"], report["model_options"])
+    options = ", ".join(f"{k}={v}" for k, v in changing.items()) or "as in its paper"
     ax.set(xlabel="depth (weighted layer, input to output)", ylabel="gradient norm")
     # every option, wrapped to the figure's width (on one line they ran off both edges)
     ax.set_title(textwrap.fill(f"{report['model']}: {options}", 95), fontsize=8)

@@ -157,3 +157,17 @@ def test_the_basic_block_and_the_bottleneck_with_their_shortcuts(tmp_path):
   )
   assert result.returncode == 0 and "2.37x the multiply-adds of the reduced one" in result.stdout, result.stderr
   assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_figure_names_only_the_options_that_change_the_network():
+  """`--model=plain20 --options=shortcut=A` once titled the figure "plain20 (shortcut=A)": a plain net has no
+  shortcut, and A is the default besides."""
+  from cnnjax import complexity
+
+  assert figure_data("plain20", shortcut="A")["options"] == {}
+  assert figure_data("plain20", shortcut="C")["options"] == {}  # not the default, and still nothing to change
+  assert figure_data("resnet20", shortcut="C")["options"] == {"shortcut": "C"}
+  assert complexity.changing_options("resnet20", {"activation": "sigmoid", "norm": "none", "shortcut": "A"}) == {
+    "activation": "sigmoid",
+    "norm": "none",
+  }
