@@ -21,10 +21,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from cnnjax import models
 from cnnjax import workdir as workdir_lib
+from cnnjax.config import NETWORK_FIELDS
 from cnnjax.errors import CheckpointError
 
 # The fields that fix the shapes of the parameters: a workdir is only resumed by the same model.
 IDENTITY = ("model", "model_options", "dataset", "classes", "image_size", "channels", "trainable")
+
 # The fields that fix what a step is (how many examples, in which order): a resume must keep them, or the saved
 # step count and data position would silently mean something else.
 STEP_MEANING = ("batch_size", "seed", "shots")
@@ -53,7 +55,7 @@ class Checkpointer:
     if config_file.exists():
       theirs = json.loads(config_file.read_text())
       if self.directory.exists() and any(self.directory.iterdir()):
-        _refuse_other_runs(self.workdir, theirs, ours)
+        _refuse_other_runs(self.workdir, theirs, ours, resuming=create)
     elif not create:
       raise CheckpointError(f"{self.workdir} has no config.json: it is not a cnnjax workdir")
     if create and jax.process_index() == 0:
@@ -192,20 +194,23 @@ def _all_options(config_dict: dict) -> dict:
   return {**every, **{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}}
 
 
-def _refuse_other_runs(workdir, theirs: dict, ours: dict):
-  """CheckpointError unless a config may resume the checkpoints another made: same model and same steps."""
+def _refuse_other_runs(workdir, theirs: dict, ours: dict, resuming: bool = True):
+  """CheckpointError unless a config may resume the checkpoints another made (same model and same steps) or, when
+  not `resuming`, read them (the same network)."""
   theirs, ours = (dict(c, model_options=_all_options(c)) for c in (theirs, ours))
   # a workdir whose config.json predates a field ran with its default
   for field, default in (("trainable", "all"), ("classes", []), ("shots", 0)):
     theirs.setdefault(field, default)
   differ = {k: (theirs.get(k), ours.get(k)) for k in IDENTITY if theirs.get(k) != ours.get(k)}
+  if not resuming:
+    differ = {k: v for k, v in differ.items() if k in NETWORK_FIELDS}
   if differ:
     changes = ", ".join(f"{k}: {a!r}, not {b!r}" for k, (a, b) in differ.items())
     raise CheckpointError(
       f"{workdir} holds checkpoints of another model ({changes}); choose another --workdir or remove that one."
     )
   differ = {k: (theirs.get(k), ours.get(k)) for k in STEP_MEANING if theirs.get(k) != ours.get(k)}
-  if differ:
+  if differ and resuming:
     changes = ", ".join(f"{k} {a!r}, not {b!r}" for k, (a, b) in differ.items())
     keep = " ".join(f"--config.{k}={a}" for k, (a, _) in differ.items())
     raise CheckpointError(

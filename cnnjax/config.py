@@ -5,6 +5,7 @@ overridden on the command line (`--config.learning_rate=0.05`). Unknown fields a
 type are refused by ml_collections before anything runs.
 """
 
+import difflib
 import importlib.util
 import math
 import pathlib
@@ -80,8 +81,9 @@ def load_file(path, arg: str = "") -> ml_collections.ConfigDict:
   return module.get_config(arg) if arg else module.get_config()
 
 
-def from_workdir(workdir: str) -> ml_collections.ConfigDict:
-  """The config a workdir's run was made with (its config.json), as a config file would give it."""
+def from_workdir(workdir: str, overrides=()) -> ml_collections.ConfigDict:
+  """The config a workdir's run was made with (its config.json), as a config file would give it, with
+  `--config.FIELD=VALUE` `overrides` of what evaluating it may change (the dataset, the batch size, ...)."""
   import json
 
   from cnnjax import workdir as workdir_lib
@@ -99,7 +101,39 @@ def from_workdir(workdir: str) -> ml_collections.ConfigDict:
   config.model_options = ml_collections.ConfigDict(
     {k: tuple(v) if isinstance(v, list) else v for k, v in saved["model_options"].items()}
   )
+  for override in overrides:
+    _override(config, override)
   return finish(config)
+
+
+# What reading a workdir's checkpoints needs the same: the network and what its outputs mean. The dataset, the
+# input size and the batch may differ (another test set with the same classes).
+NETWORK_FIELDS = ("model", "model_options", "classes", "channels")
+
+
+def _override(config: ml_collections.ConfigDict, override: str):
+  """Apply `--config.FIELD=VALUE` to a workdir's config, the value read as the field's type."""
+  import ast
+
+  field, _, text = override.removeprefix("--config.").partition("=")
+  if field.split(".")[0] in NETWORK_FIELDS:
+    raise ValueError(
+      f"--config.{field}: a workdir is evaluated as the network it trained; give a --config to change it"
+    )
+  if field not in config:
+    close = difflib.get_close_matches(field, list(config.keys()), n=1)
+    raise ValueError(f"unknown field {field}" + (f" (did you mean {close[0]}?)" if close else ""))
+  current = config[field]
+  try:
+    if isinstance(current, bool):
+      value = {"true": True, "false": False}[text.lower()]
+    elif isinstance(current, (int, float, tuple)):
+      value = type(current)(ast.literal_eval(text))
+    else:
+      value = text
+  except (ValueError, SyntaxError, KeyError, TypeError):
+    raise ValueError(f"--config.{field}={text}: not a {type(current).__name__}") from None
+  config[field] = value
 
 
 # (lowest, highest) of the numeric fields; None: unbounded on that side. Where an end is excluded, `validate` says so.
@@ -293,8 +327,10 @@ def parse_flags(argv):
   )
   if "config" in given:
     _check_exists(given["config"])
+  # without a config file, overrides are for the workdir's own config (--mode=eval): past absl, to the command
+  unclaimed = [] if "config" in given or "config" not in flags.FLAGS else [a for a in argv if a.startswith("--config.")]
   try:
-    return flags.FLAGS(argv)
+    return flags.FLAGS([a for a in argv if a not in unclaimed]) + unclaimed
   except flags.Error as e:
     lines = str(e).strip().splitlines()
     # a config file's own error arrives wrapped in its traceback: keep the first and the last line
@@ -323,8 +359,6 @@ def _check_exists(config_arg: str):
 
 def _did_you_mean(config_arg: str, field: str) -> str:
   """' (did you mean FIELD?)' with the config's closest field name, or '' when none is close (or it cannot load)."""
-  import difflib
-
   path, _, arg = config_arg.partition(":")
   try:
     parent = load_file(path, arg)

@@ -42,16 +42,18 @@ def define_flags():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  overrides = [a for a in argv[1:] if a.startswith("--config.")]  # of a workdir's own config: no --config given
+  if unexpected := [a for a in argv[1:] if a not in overrides]:
+    raise app.UsageError(f"unexpected arguments: {' '.join(unexpected)}")
   cli.start_distributed()
   cli.start()
   if not FLAGS["config"].present:  # evaluating a workdir needs no config: it has its run's own
     if FLAGS.mode != "eval" or not FLAGS.workdir:
       raise app.UsageError(
-        "--config is required (to evaluate a workdir with the config it was trained with: --mode=eval --workdir=DIR)"
+        "--config is required (to evaluate a workdir with the config it was trained with: --mode=eval --workdir=DIR, "
+        "and --config.FIELD=VALUE to change what evaluation may: the dataset, the batch size)"
       )
-    config = config_lib.from_workdir(FLAGS.workdir)
+    config = config_lib.from_workdir(FLAGS.workdir, overrides)
   else:
     config = config_lib.from_command_line(FLAGS["config"])
   workdir = FLAGS.workdir or default_workdir(FLAGS["config"].config_filename)

@@ -299,3 +299,37 @@ def test_a_truncated_jpeg_with_bad_images_stop_names_the_file_not_a_disk_problem
   error = result.stderr.strip().splitlines()[-1]
   assert error.startswith(f"error: cannot decode image {cut}: image file is truncated"), error
   assert "cannot write" not in result.stderr and "checkpoint" not in error
+
+
+def test_a_workdir_is_evaluated_on_another_dataset_with_its_own_config_and_overrides(tfds_dir, tmp_path):
+  """`--mode=eval --workdir=W --config.dataset=imagefolder:DIR` without --config once failed with "Unknown command
+  line flag 'config.dataset'". The dataset and the batch size may change; the network may not."""
+  from PIL import Image
+
+  from cnnjax import data
+
+  digits = data.load("digits", tfds_dir).test
+  firsts = {}  # two test digits of each class, as image files in a folder per class
+  for i in range(len(digits)):
+    firsts.setdefault(int(digits[i]["label"]), []).append(i)
+  for i in [i for indices in firsts.values() for i in indices[:2]]:
+    example = digits[i]
+    (tmp_path / "mine" / "test" / str(example["label"])).mkdir(parents=True, exist_ok=True)
+    (tmp_path / "mine" / "train" / str(example["label"])).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(example["image"][..., 0]).save(tmp_path / "mine" / "test" / str(example["label"]) / f"{i}.png")
+    Image.fromarray(example["image"][..., 0]).save(tmp_path / "mine" / "train" / str(example["label"]) / f"{i}.png")
+  workdir = tmp_path / "w"
+  trained = run(
+    "--config=configs/lenet5.py", f"--config.data_dir={tfds_dir}", "--config.num_steps=2", f"--workdir={workdir}"
+  )
+  assert trained.returncode == 0, trained.stderr
+  mine = f"--config.dataset=imagefolder:{tmp_path / 'mine'}"
+  evaluated = run("--mode=eval", f"--workdir={workdir}", mine, "--config.batch_size=16")
+  assert evaluated.returncode == 0, evaluated.stderr
+  assert evaluated.stdout.strip().splitlines()[-1].startswith("step 2 eval_loss ")
+  refused = run("--mode=eval", f"--workdir={workdir}", "--config.model=alexnet")
+  assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [
+    "error: --config.model: a workdir is evaluated as the network it trained; give a --config to change it"
+  ]
+  misspelt = run("--mode=eval", f"--workdir={workdir}", "--config.batch_siz=16")
+  assert misspelt.stderr.strip().splitlines() == ["error: unknown field batch_siz (did you mean batch_size?)"]
