@@ -30,7 +30,7 @@ TRAINING_ONLY = ("AuxiliaryClassifier",)  # drawn, but not in the inference cost
 @dataclasses.dataclass
 class Box:
   label: str
-  kind: str  # conv | fc | pool | inception | aux
+  kind: str  # conv | fc | pool | norm | inception | aux
   stage: str  # what the colour follows: the output's spatial size ("56x56"), or "vector"
   output_shape: tuple
   count: int = 1
@@ -219,8 +219,10 @@ def _boxes(events: list[Event], modules: dict) -> tuple[list[Box], list[tuple]]:
       continue
     if event.primitive in POOLS or event.primitive == "global_avg":
       window = event.params.get("window_dimensions", (1, 2, 2, 1))
-      if event.primitive != "global_avg" and window[1] * window[2] == 1:
-        continue  # a window over channels only: local response normalisation, not a pool
+      if event.primitive != "global_avg" and window[1] * window[2] == 1:  # a window over channels only: LRN
+        where = top[0] if top else ""
+        boxes.append(Box("local response norm", "norm", _stage(event.out_shape), event.out_shape, scope=where))
+        continue
       what = "subsampling, /2" if call.cls == "Subsampling" else _pool_label(event)
       label = f"{_paper_name(top[0]) if top else ''}{what}"
       boxes.append(

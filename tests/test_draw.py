@@ -65,7 +65,8 @@ def test_deep_nets_fold_identical_blocks_and_keep_their_totals():
 
 def test_googlenet_lenet_and_alexnet_are_drawn_as_their_papers_name_them():
   googlenet = figure_data("googlenet")
-  assert totals(googlenet) == {"conv": 3, "pool": 5, "inception": 9, "aux": 2, "fc": 1}
+  # Fig. 3's column: 3 convolutions, 5 pools, 2 LocalRespNorm, 9 inception modules, 2 auxiliary heads, 1 fc
+  assert totals(googlenet) == {"conv": 3, "pool": 5, "norm": 2, "inception": 9, "aux": 2, "fc": 1}
   labels = [b["label"] for b in googlenet["boxes"]]
   assert labels.index("auxiliary classifier, fc 1000") == labels.index("inception 4a, 512") + 1  # the heads read 4a, 4d
   assert "inception 5b, 1024" in labels  # Table 1's output channels
@@ -171,3 +172,14 @@ def test_a_figure_names_only_the_options_that_change_the_network():
     "activation": "sigmoid",
     "norm": "none",
   }
+
+
+def test_local_response_normalisation_is_drawn_where_the_papers_draw_it():
+  """AlexNet, section 3.5: "Response-normalization layers follow the first and second convolutional layers.
+  Max-pooling layers follow both response-normalization layers". GoogLeNet's Fig. 3: LocalRespNorm after the first
+  max-pool and after the 3x3 convolution. With BatchNorm in its place (a named option) there is none to draw."""
+  kinds = lambda name, **options: [b["kind"] for b in figure_data(name, **options)["boxes"]]
+  assert kinds("alexnet")[:6] == ["conv", "norm", "pool", "conv", "norm", "pool"]
+  assert kinds("googlenet")[:7] == ["conv", "pool", "norm", "conv", "conv", "norm", "pool"]
+  assert "norm" not in kinds("googlenet", norm="batchnorm") and "norm" not in kinds("alexnet_torchvision")
+  assert totals(figure_data("googlenet"))["norm"] == 2
