@@ -182,8 +182,7 @@ def build(config, dataset: data.Dataset | None = None) -> Run:
   if config.classes or config.shots:
     dataset = data.subset(dataset, config.classes, config.shots)
   layout = layout_of(config.batch_size)
-  layout.check_fits(dataset)
-  steps_per_epoch = len(dataset.train) // config.batch_size
+  steps_per_epoch = max(1, len(dataset.train) // config.batch_size)  # (evaluation may see a tiny training split)
   model = models.create(config.model, dataset.num_classes, axis_name=AXIS, **config.model_options)
   learning_rate_fn = optim.schedule(config, steps_per_epoch)
   mean, std = dataset.normalization(config.channels)
@@ -235,6 +234,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """
   start = time.time()
   run = build(config)
+  run.layout.check_fits(run.dataset)
   lead = jax.process_index() == 0  # only process 0 prints and writes metrics, event files and plots
   with workdir_lib.claim(workdir, jax.process_count(), lead=lead) as claim:
     ckpt = checkpoint.Checkpointer(workdir, config, keep=config.keep_checkpoints)

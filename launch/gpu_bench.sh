@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 6's GPU benchmark in one command: cnnjax.bench on ResNet-50 (bf16, batch 256, fake input and the real
+# The GPU benchmark in one command: cnnjax.bench on ResNet-50 (bf16, batch 256, fake input and the real
 # pipeline on locally built JPEG files) and the CIFAR ResNet-20/56 (bf16, batch 1024), each followed by PyTorch
 # eager AMP (bf16, channels_last) on the same network, batch and GPU.
 #

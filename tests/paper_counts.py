@@ -1,7 +1,7 @@
 """The papers' and torchvision's exact figures every model is checked against (docs/reference.md gives each one's
 source): tests/test_model_sizes.py checks the models, tests/test_draw.py the figures drawn of them."""
 
-# Trainable parameters (BatchNorm running statistics excluded), as the issue's table and the reference give them.
+# Trainable parameters (BatchNorm running statistics excluded), as the papers and torchvision give them.
 PARAMS = {
   "lenet5": 60_000,
   "alexnet": 60_965_224,
