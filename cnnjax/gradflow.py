@@ -74,15 +74,20 @@ def _first_calls(model: nn.Module, shape: tuple) -> dict:
   return calls
 
 
-@functools.partial(jax.jit, static_argnames="cfg")
-def _measure(params, batch_stats, images, labels, cfg: train.StepConfig):
+@functools.partial(jax.jit, static_argnames="step_config")
+def _measure(params, batch_stats, images, labels, step_config: train.StepConfig):
   # the state is rebuilt here: a TrainState argument would carry its apply_fn, a new object each time,
   # into the jit cache key and recompile every call
   state = train.TrainState(
-    step=0, apply_fn=cfg.model.apply, params=params, tx=None, opt_state=None, batch_stats=batch_stats
+    step=0, apply_fn=step_config.model.apply, params=params, tx=None, opt_state=None, batch_stats=batch_stats
   )
   grads, (_, _, _, out) = jax.grad(train.loss_fn, has_aux=True)(
-    params, state, data.normalize(images, cfg.mean, cfg.std), labels, cfg, jax.random.key(cfg.seed)
+    params,
+    state,
+    data.normalize(images, step_config.mean, step_config.std),
+    labels,
+    step_config,
+    jax.random.key(step_config.seed),
   )
   norms = [jnp.linalg.norm(g.astype(jnp.float32)) for _, _, g in weighted_layers(grads)]
   stats = {k: (jnp.mean(v), jnp.std(v)) for k, v in out.items() if not k.startswith("aux")}
@@ -95,10 +100,14 @@ def profile(state: train.TrainState, batch: dict, step_config: train.StepConfig)
   images = batch["image"].reshape(-1, *batch["image"].shape[2:])
   labels = batch["label"].reshape(-1)
   # one device, the whole probe batch: BatchNorm needs no cross-device axis here
-  cfg = dataclasses.replace(step_config, model=models.unsynchronised(step_config.model))
-  norms, stats = jax.device_get(_measure(state.params, state.batch_stats, images=images, labels=labels, cfg=cfg))
+  one_device = dataclasses.replace(step_config, model=models.unsynchronised(step_config.model))
+  norms, stats = jax.device_get(
+    _measure(state.params, state.batch_stats, images=images, labels=labels, step_config=one_device)
+  )
   names = [name for _, name, _ in weighted_layers(state.params)]
-  order = forward_order(cfg.model, {"params": state.params, "batch_stats": state.batch_stats}, images.astype("float32"))
+  order = forward_order(
+    one_device.model, {"params": state.params, "batch_stats": state.batch_stats}, images.astype("float32")
+  )
   return {
     "layers": [{"name": names[i], "depth": d + 1, "grad_norm": float(norms[i])} for d, i in enumerate(order)],
     "activations": [{"name": k, "mean": float(m), "std": float(s)} for k, (m, s) in stats.items()],
