@@ -57,7 +57,8 @@ def printed_tables(runs: pathlib.Path, outputs: list[str]) -> str:
 
 
 def printed_text(runs: pathlib.Path, outputs: list[str]) -> str:
-  """Everything the commands printed, as a code block, but the lines saying what they wrote."""
+  """Everything the commands printed, each under its command, as a code block, but the lines saying what they
+  wrote."""
   del runs
   return "\n".join(
     f"    {line}".rstrip() for out in outputs for line in out.splitlines() if not line.startswith("wrote ")
@@ -285,7 +286,7 @@ def run_section(section: Section, runs: pathlib.Path, docs: pathlib.Path, quick:
     done = subprocess.run([sys.executable, "-m", *command], cwd=ROOT, capture_output=True, text=True)
     if done.returncode:
       raise RuntimeError(f"{shown(command)} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-    outputs.append(done.stdout)
+    outputs.append(f"$ {shown(commands[-1])}\n{done.stdout}")  # each output under the command that printed it
   for made, name in section.figures:
     shutil.copyfile(folder / made, docs / name)
   minutes = (time.time() - start) / 60
