@@ -5,7 +5,6 @@ import logging as stdlib_logging
 import os
 import sys
 
-import jax
 from absl import app, flags, logging
 
 from cnnjax import errors, workdir
@@ -25,18 +24,23 @@ def default_cache_dir() -> str:
   return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "cnnjax", "jax")
 
 
-def start():
+def start(compiles: bool = True):
   """Call first in a command's main: quiet absl/Orbax/grain INFO logs unless --verbosity is given, and keep
   compiled programs on disk (JAX_COMPILATION_CACHE_DIR, else a per-user cache directory) so a rerun or a
-  resume of the same config skips XLA compilation."""
+  resume of the same config skips XLA compilation. A command that runs no JAX (the sweep's driver, which must
+  leave a TPU to its runs) says `compiles=False`: JAX is then not even imported."""
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+  _report_failed_saves_once()
+  if not compiles:
+    return
+  import jax  # (here: see above)
+
   if not jax.config.jax_compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", default_cache_dir())
   # every program, not only those compiling for a second or more (JAX's default): a small net's programs each
   # compile in less, and together they are most of its start-up
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  _report_failed_saves_once()
 
 
 def _report_failed_saves_once():
@@ -77,6 +81,10 @@ def one_line_errors(config_path: str = ""):
       path, _, arg = config_path.partition(":")
       message = message.replace("configs/NAME.py:local", f"{path}:{arg},local" if arg else f"{path}:local")
     sys.exit(message)
+  except RuntimeError as e:  # JAX cannot open the accelerator it was told to use (JAX_PLATFORMS=tpu, a sweep's slot)
+    if not str(e).startswith("Unable to initialize backend"):
+      raise
+    sys.exit(f"error: {str(e).splitlines()[0]}")
   except KeyboardInterrupt:
     stop_at_once("stopped by Ctrl-C")
 
@@ -139,6 +147,8 @@ def define_distributed_flags():
 
 def start_distributed():
   """jax.distributed.initialize when --coordinator_address is given. Call before anything touches a device."""
+  import jax  # (here: a command that never starts one need not import it)
+
   address, count, index = (flags.FLAGS[n].value for n in ("coordinator_address", "num_processes", "process_id"))
   if address is None:
     if count is not None or index is not None:

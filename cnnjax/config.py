@@ -12,7 +12,6 @@ import pathlib
 import re
 import sys
 
-import jax
 import ml_collections
 from absl import flags
 from ml_collections import config_flags
@@ -189,6 +188,8 @@ def validate(config) -> None:
       raise ValueError(f"{field}={_show(config[field])} must list numbers from 0 to below {high}")
   if not (config.num_steps or config.num_epochs):
     raise ValueError("num_steps and num_epochs are both 0: there is nothing to train")
+  import jax  # (here: the sweep driver reads configs without importing JAX)
+
   if config.dtype == "float64" and not jax.config.jax_enable_x64:
     raise ValueError("dtype float64 needs JAX's 64-bit mode: set JAX_ENABLE_X64=1")
   if config.schedule == "exponential" and not config.lr_decay_every_epochs:

@@ -18,6 +18,8 @@ import contextlib
 import importlib.util
 import itertools
 import json
+import os
+import queue
 import re
 import shlex
 import signal
@@ -25,11 +27,12 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 from absl import app, flags
 from etils import epath
 
-from cnnjax import cli, cloud, errors, metrics
+from cnnjax import cli, cloud, errors, metrics, slots
 from cnnjax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
@@ -87,14 +90,17 @@ class Children:
     self.live, self.received = set(), None
     self._lock = threading.Lock()  # a run starts entirely before or entirely after a signal is passed on
 
-  def run(self, args, log, echo: bool = False) -> int | None:
+  def run(self, args, log, echo: bool = False, slot: slots.Slot | None = None) -> int | None:
     """The run's exit status, or None if the sweep was stopped before it could start. Its output goes to the file
-    `log`, and with `echo` to this process's stdout and stderr as well, as it comes."""
+    `log`, and with `echo` to this process's stdout and stderr as well, as it comes; with a `slot`, it sees only
+    the slot's accelerators."""
     with self._lock:
       if self.received is not None:
         return None
       streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE} if echo else {"stdout": log, "stderr": log}
-      process = subprocess.Popen(args, start_new_session=True, text=True, **streams)
+      env = {**os.environ, **slots.environment(slot.platform, slot.ids, slot.port)} if slot else None
+      place = {"env": env, "preexec_fn": slots.pin(slot)} if slot else {}
+      process = subprocess.Popen(args, start_new_session=True, text=True, **streams, **place)
       self.live.add(process)
     try:
       if echo:
@@ -182,15 +188,17 @@ def state(root: epath.Path, name: str) -> str:
   return "not started"
 
 
-def execute(sweep: list[dict], workdir: str, parallel: int = 1, extra=()) -> list[str]:
-  """Run every unfinished run, `parallel` at a time; returns the names of those that failed.
+def execute(sweep: list[dict], workdir: str, parallel: int = 1, extra=(), shared: list[slots.Slot] = ()) -> list[str]:
+  """Run every unfinished run, `parallel` at a time, or one in each of the `shared` slots of the machine's
+  accelerators at a time; returns the names of those that failed.
 
   The sweep owns WORKDIR while it runs (a second sweep there is refused), and each run its own folder. A sweep
   of multi-host runs (`extra` names a coordinator) runs on every host, so there only the runs claim their
   folders, each for the whole job. The unfinished runs are listed once, at the start, so processes of a
   multi-host run all step through the same list. Each run's output goes to WORKDIR/NAME.log (one at a time, to
   the terminal too); a failure's last error line to NAME.failed.json (see `state`). Stopped by a signal (see
-  Children), it raises errors.Stopped.
+  Children), it raises errors.Stopped. WORKDIR/sweep.jsonl records each run: its slot and environment, start,
+  end and exit status.
   """
   root = epath.Path(workdir)
   pending = [run for run in sweep if not finished(root / run_name(run))]
@@ -198,23 +206,34 @@ def execute(sweep: list[dict], workdir: str, parallel: int = 1, extra=()) -> lis
     if run not in pending:
       print(f"{run_name(run)}: finished already", flush=True)
   multihost = any(a.startswith("--coordinator_address") for a in extra)
-  children = Children()
+  children, free, record = Children(), queue.Queue(), Record(root / "sweep.jsonl")
+  one_at_a_time = not shared and parallel == 1
+  for slot in shared or [None] * max(1, parallel):
+    free.put(slot)
 
   def one(run) -> int | None:
     name = run_name(run)
     if children.received is not None:
       return None
-    print(f"{name}: {'resuming' if (root / name / 'checkpoints').exists() else 'starting'}", flush=True)
-    args = command(run, str(root / name), extra)
-    # one at a time, its output shows as it comes (and is logged); several at a time, each has its log alone
-    code = logged(root / f"{name}.log", lambda log: children.run(args, log, echo=parallel == 1))
+    slot = free.get()
+    try:
+      where = f" on {slot}" if slot else ""
+      print(f"{name}: {'resuming' if (root / name / 'checkpoints').exists() else 'starting'}{where}", flush=True)
+      args = command(run, str(root / name), extra)
+      start = time.time()
+      # one at a time, its output shows as it comes (and is logged); several at a time, each has its log alone
+      code = logged(root / f"{name}.log", lambda log: _run_in(children, args, log, slot, echo=one_at_a_time))
+      record.add(name, slot, start, code)
+    finally:
+      free.put(slot)
     outcome = {0: "done", 130: "stopped by Ctrl-C", 143: "stopped by SIGTERM"}.get(code, f"failed (exit {code})")
     print(f"{name}: {outcome}" + ("" if code in (0, 130, 143, None) else f", see {root / name}.log"), flush=True)
     record_failure(root, name, code)
     return code
 
   owner = contextlib.nullcontext() if multihost else workdir_lib.claim(root)
-  with owner, children.forwarding(), concurrent.futures.ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+  workers = len(shared) or max(1, parallel)
+  with owner, children.forwarding(), concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
     codes = list(pool.map(one, pending))
   if children.received is not None:
     name = "Ctrl-C" if children.received == signal.SIGINT else "SIGTERM"
@@ -225,6 +244,29 @@ def execute(sweep: list[dict], workdir: str, parallel: int = 1, extra=()) -> lis
       130 if children.received == signal.SIGINT else 143,
     )
   return [run_name(run) for run, code in zip(pending, codes) if code != 0]
+
+
+def _run_in(children: Children, args, log, slot: slots.Slot | None, echo: bool) -> int | None:
+  if slot is not None:  # the log says where the run ran
+    environment = " ".join(f"{k}={v}" for k, v in slots.environment(slot.platform, slot.ids, slot.port).items())
+    log.write(f"slot: {slot}{f' ({environment})' if environment else ' (CPU affinity)'}\n")
+    log.flush()
+  return children.run(args, log, echo=echo, slot=slot)
+
+
+class Record:
+  """WORKDIR/sweep.jsonl: a line per run the sweep started (its slot and environment, start, end, exit status)."""
+
+  def __init__(self, path: epath.Path):
+    self.path, self._file, self._lock = path, None, threading.Lock()
+
+  def add(self, name: str, slot: slots.Slot | None, start: float, code: int | None):
+    line = {"run": name, "slot": str(slot) if slot else "", "start": start, "end": time.time(), "exit": code}
+    if slot is not None:
+      line["environment"] = slots.environment(slot.platform, slot.ids, slot.port)
+    with self._lock:
+      self._file = self._file or workdir_lib.Appender(self.path)  # (made once: it holds a bucket's copy)
+      self._file.append((json.dumps(line) + "\n").encode())
 
 
 def summarize(sweep: list[dict], workdir: str) -> list[dict]:
@@ -266,7 +308,16 @@ def define_flags():
   """Defined only when run as a command, so that importing several commands together is safe."""
   flags.DEFINE_string("sweep", None, "Sweep file, e.g. configs/sweeps/degradation.py[:ARG].")
   flags.DEFINE_string("workdir", None, "Where each run gets its folder and the summary goes (local or gs://).")
-  flags.DEFINE_integer("parallel", 1, "Runs at a time (each its own process).", lower_bound=1)
+  flags.DEFINE_integer(
+    "parallel",
+    1,
+    "Runs at a time, each in its own process with an equal share of the machine's GPUs, TPU chips or CPU cores.",
+    lower_bound=1,
+  )
+  flags.DEFINE_integer(
+    "devices_per_run", 0, "GPUs, TPU chips or CPU cores per run (instead of --parallel).", lower_bound=0
+  )
+  flags.DEFINE_string("accelerators", "", "What the machine has, instead of looking: gpu:8, tpu:v4-8, cpu:16.")
   flags.DEFINE_bool("summary_only", False, "Only gather the finished runs into the summary.")
   flags.DEFINE_bool("print_commands", False, "Print each unfinished run's cnnjax.main command instead of running it.")
   flags.mark_flags_as_required(["sweep", "workdir"])
@@ -276,7 +327,7 @@ def define_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  cli.start()
+  cli.start(compiles=False)
   sweep = load(FLAGS.sweep)
   if workdir_lib.is_remote(FLAGS.workdir):
     cloud.check_readable(FLAGS.workdir)
@@ -287,7 +338,7 @@ def main(argv):
       if not finished(epath.Path(FLAGS.workdir) / run_name(run)):
         print(shlex.join(["python", *command(run, str(epath.Path(FLAGS.workdir) / run_name(run)), extra)[1:]]))
     return
-  failed = [] if FLAGS.summary_only else execute(sweep, FLAGS.workdir, parallel=FLAGS.parallel, extra=extra)
+  failed = [] if FLAGS.summary_only else execute(sweep, FLAGS.workdir, FLAGS.parallel, extra, shared_slots(extra))
   rows = summarize(sweep, FLAGS.workdir)
   done = sum(row["state"] == "finished" for row in rows)
   where = (
@@ -296,6 +347,19 @@ def main(argv):
   print(f"{done} of {len(sweep)} runs finished; {where}")
   if failed:
     sys.exit(f"error: {advice(epath.Path(FLAGS.workdir), failed)}")
+
+
+def shared_slots(extra) -> list[slots.Slot]:
+  """The slots of this machine's accelerators the runs share (--parallel, --devices_per_run, --accelerators); none
+  for one run at a time over everything, or for runs of several hosts, which each take their hosts whole."""
+  if not (FLAGS.parallel > 1 or FLAGS.devices_per_run or FLAGS.accelerators):
+    return []
+  if any(a.startswith("--coordinator_address") for a in extra):
+    raise ValueError("runs of several processes each take their hosts whole: give them no --parallel")
+  found = slots.parse(FLAGS.accelerators) if FLAGS.accelerators else slots.detect()
+  shared = slots.split(found, 0 if FLAGS.devices_per_run else FLAGS.parallel, FLAGS.devices_per_run)
+  print(f"{len(shared)} slot(s) of {found.found}: {'; '.join(map(str, shared))}", flush=True)
+  return shared
 
 
 def advice(root: epath.Path, failed: list[str]) -> str:
