@@ -15,6 +15,7 @@ and summary.png (training loss of every run, final test error of each) gather th
 
 import concurrent.futures
 import contextlib
+import functools
 import importlib.util
 import itertools
 import json
@@ -25,7 +26,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -142,20 +142,6 @@ def _tee(pipe, stream, log, lock: threading.Lock):
       log.write(line)
 
 
-def logged(path: epath.Path, run_with_log):
-  """run_with_log(file) with its output appended to `path`; in a bucket, the log is written locally while the run
-  lasts (objects cannot be appended to) and added to the object once it ends."""
-  if not workdir_lib.is_remote(path):
-    with open(path, "a") as log:
-      return run_with_log(log)
-  with tempfile.TemporaryFile("w+") as log:
-    try:
-      return run_with_log(log)
-    finally:
-      log.seek(0)
-      workdir_lib.Appender(path).append(log.read().encode())
-
-
 SUCCEEDED_OR_STOPPED = (0, 130, 143, None)  # done, stopped by Ctrl-C or SIGTERM (it resumes), or never started
 
 
@@ -188,7 +174,9 @@ def state(root: epath.Path, name: str) -> str:
   return "not started"
 
 
-def execute(sweep: list[dict], workdir: str, parallel: int = 1, extra=(), shared: list[slots.Slot] = ()) -> list[str]:
+def execute(
+  sweep: list[dict], workdir: str, parallel: int = 1, extra=(), shared: list[slots.Slot] = (), sharded: bool = False
+) -> list[str]:
   """Run every unfinished run, `parallel` at a time, or one in each of the `shared` slots of the machine's
   accelerators at a time; returns the names of those that failed.
 
@@ -201,37 +189,20 @@ def execute(sweep: list[dict], workdir: str, parallel: int = 1, extra=(), shared
   end and exit status.
   """
   root = epath.Path(workdir)
+  root.mkdir(parents=True, exist_ok=True)
   pending = [run for run in sweep if not finished(root / run_name(run))]
   for run in sweep:
     if run not in pending:
       print(f"{run_name(run)}: finished already", flush=True)
   multihost = any(a.startswith("--coordinator_address") for a in extra)
   children, free, record = Children(), queue.Queue(), Record(root / "sweep.jsonl")
-  one_at_a_time = not shared and parallel == 1
   for slot in shared or [None] * max(1, parallel):
     free.put(slot)
-
-  def one(run) -> int | None:
-    name = run_name(run)
-    if children.received is not None:
-      return None
-    slot = free.get()
-    try:
-      where = f" on {slot}" if slot else ""
-      print(f"{name}: {'resuming' if (root / name / 'checkpoints').exists() else 'starting'}{where}", flush=True)
-      args = command(run, str(root / name), extra)
-      start = time.time()
-      # one at a time, its output shows as it comes (and is logged); several at a time, each has its log alone
-      code = logged(root / f"{name}.log", lambda log: _run_in(children, args, log, slot, echo=one_at_a_time))
-      record.add(name, slot, start, code)
-    finally:
-      free.put(slot)
-    outcome = {0: "done", 130: "stopped by Ctrl-C", 143: "stopped by SIGTERM"}.get(code, f"failed (exit {code})")
-    print(f"{name}: {outcome}" + ("" if code in (0, 130, 143, None) else f", see {root / name}.log"), flush=True)
-    record_failure(root, name, code)
-    return code
-
-  owner = contextlib.nullcontext() if multihost else workdir_lib.claim(root)
+  echo = not shared and parallel == 1  # one at a time: its output shows as it comes (and is logged)
+  one = functools.partial(_run_one, root=root, extra=extra, children=children, free=free, record=record, echo=echo)
+  # one sweep owns the workdir; shards of one (each a machine's share of the runs) and runs of several hosts share
+  # it, and only their runs claim their folders
+  owner = contextlib.nullcontext() if multihost or sharded else workdir_lib.claim(root)
   workers = len(shared) or max(1, parallel)
   with owner, children.forwarding(), concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
     codes = list(pool.map(one, pending))
@@ -244,6 +215,26 @@ def execute(sweep: list[dict], workdir: str, parallel: int = 1, extra=(), shared
       130 if children.received == signal.SIGINT else 143,
     )
   return [run_name(run) for run, code in zip(pending, codes) if code != 0]
+
+
+def _run_one(run: dict, root: epath.Path, extra, children: Children, free: queue.Queue, record, echo: bool):
+  """One run in the next free slot (`free`); its exit status, or None if the sweep was stopped before it."""
+  name = run_name(run)
+  if children.received is not None:
+    return None
+  slot = free.get()
+  try:
+    where = f" on {slot}" if slot else ""
+    print(f"{name}: {'resuming' if (root / name / 'checkpoints').exists() else 'starting'}{where}", flush=True)
+    args, start = command(run, str(root / name), extra), time.time()
+    code = workdir_lib.logged(root / f"{name}.log", lambda log: _run_in(children, args, log, slot, echo=echo))
+    record.add(name, slot, start, code)
+  finally:
+    free.put(slot)
+  outcome = {0: "done", 130: "stopped by Ctrl-C", 143: "stopped by SIGTERM"}.get(code, f"failed (exit {code})")
+  print(f"{name}: {outcome}" + ("" if code in (0, 130, 143, None) else f", see {root / name}.log"), flush=True)
+  record_failure(root, name, code)
+  return code
 
 
 def _run_in(children: Children, args, log, slot: slots.Slot | None, echo: bool) -> int | None:
@@ -260,13 +251,31 @@ class Record:
   def __init__(self, path: epath.Path):
     self.path, self._file, self._lock = path, None, threading.Lock()
 
-  def add(self, name: str, slot: slots.Slot | None, start: float, code: int | None):
-    line = {"run": name, "slot": str(slot) if slot else "", "start": start, "end": time.time(), "exit": code}
+  def add(self, name: str, slot: slots.Slot | None, start: float, code: int | None, where: str = ""):
+    line = {"run": name, "slot": str(slot) if slot else where, "start": start, "end": time.time(), "exit": code}
     if slot is not None:
       line["environment"] = slots.environment(slot.platform, slot.ids, slot.port)
     with self._lock:
       self._file = self._file or workdir_lib.Appender(self.path)  # (made once: it holds a bucket's copy)
       self._file.append((json.dumps(line) + "\n").encode())
+
+
+def execute_on_ray(sweep: list[dict], workdir: str, address: str, platform: str, per_run: int) -> list[str]:
+  """Every unfinished run as a task of the Ray cluster at `address` (cnnjax.sweep_ray), each asking for `per_run`
+  of the `platform`'s devices; returns the names of those that failed."""
+  from cnnjax import sweep_ray  # (here: Ray is an optional extra)
+
+  root = epath.Path(workdir)
+  pending = [(run_name(r), command(r, str(root / run_name(r)))) for r in sweep if not finished(root / run_name(r))]
+  ray = sweep_ray.connect(address, workdir)
+  try:
+    with workdir_lib.claim(root):
+      codes = sweep_ray.execute(pending, workdir, ray, platform, per_run, Record(root / "sweep.jsonl"))
+  finally:
+    ray.shutdown()
+  for name, code in codes.items():
+    record_failure(root, name, code)
+  return [name for name, code in codes.items() if code != 0]
 
 
 def summarize(sweep: list[dict], workdir: str) -> list[dict]:
@@ -317,7 +326,19 @@ def define_flags():
   flags.DEFINE_integer(
     "devices_per_run", 0, "GPUs, TPU chips or CPU cores per run (instead of --parallel).", lower_bound=0
   )
-  flags.DEFINE_string("accelerators", "", "What the machine has, instead of looking: gpu:8, tpu:v4-8, cpu:16.")
+  flags.DEFINE_string(
+    "accelerators",
+    "",
+    "What the machine has, instead of looking: gpu:8, tpu:v4-8, cpu:16 (with --ray: gpu, tpu or "
+    "cpu, what each run asks the cluster for, --devices_per_run of them).",
+  )
+  flags.DEFINE_string("shard", "", "I/N: run only this machine's share of the sweep (every N-th run from the I-th).")
+  flags.DEFINE_string(
+    "ray",
+    "",
+    "Send the runs to a Ray cluster: auto (the one this machine belongs to), local (one "
+    "started here) or its address. Needs the [ray] extra.",
+  )
   flags.DEFINE_bool("summary_only", False, "Only gather the finished runs into the summary.")
   flags.DEFINE_bool("print_commands", False, "Print each unfinished run's cnnjax.main command instead of running it.")
   flags.mark_flags_as_required(["sweep", "workdir"])
@@ -329,6 +350,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   cli.start(compiles=False)
   sweep = load(FLAGS.sweep)
+  if FLAGS.shard:
+    sweep = shard(sweep, FLAGS.shard)
   if workdir_lib.is_remote(FLAGS.workdir):
     cloud.check_readable(FLAGS.workdir)
   names = ("coordinator_address", "num_processes", "process_id", "distributed_timeout")
@@ -338,7 +361,19 @@ def main(argv):
       if not finished(epath.Path(FLAGS.workdir) / run_name(run)):
         print(shlex.join(["python", *command(run, str(epath.Path(FLAGS.workdir) / run_name(run)), extra)[1:]]))
     return
-  failed = [] if FLAGS.summary_only else execute(sweep, FLAGS.workdir, FLAGS.parallel, extra, shared_slots(extra))
+  if FLAGS.summary_only:
+    failed = []
+  elif FLAGS.ray:
+    platform = FLAGS.accelerators.partition(":")[0] or "cpu"
+    failed = execute_on_ray(sweep, FLAGS.workdir, FLAGS.ray, platform, FLAGS.devices_per_run or 1)
+  else:
+    failed = execute(sweep, FLAGS.workdir, FLAGS.parallel, extra, shared_slots(extra), sharded=bool(FLAGS.shard))
+  if FLAGS.shard:  # the other shards' runs may still be running: the summary is made once all are done
+    done = f"{len(sweep) - len(failed)} of {len(sweep)} runs done"
+    print(f"shard {FLAGS.shard}: {done}; when every shard is, --summary_only gathers them", flush=True)
+    if failed:
+      sys.exit(f"error: {advice(epath.Path(FLAGS.workdir), failed)}")
+    return
   rows = summarize(sweep, FLAGS.workdir)
   done = sum(row["state"] == "finished" for row in rows)
   where = (
@@ -347,6 +382,14 @@ def main(argv):
   print(f"{done} of {len(sweep)} runs finished; {where}")
   if failed:
     sys.exit(f"error: {advice(epath.Path(FLAGS.workdir), failed)}")
+
+
+def shard(sweep: list[dict], which: str) -> list[dict]:
+  """The runs of shard I/N (`which`): every N-th run from the I-th, so N machines split a sweep between them."""
+  index, _, count = which.partition("/")
+  if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+    raise ValueError(f"--shard={which}: write I/N with 0 <= I < N (this machine's share of N)")
+  return sweep[int(index) :: int(count)]
 
 
 def shared_slots(extra) -> list[slots.Slot]:

@@ -25,6 +25,7 @@ import re
 import shlex
 import socket
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -118,6 +119,20 @@ class Appender:
     else:
       with open(self.path, "ab") as f:
         f.write(data)
+
+
+def logged(path, run_with_log):
+  """run_with_log(file) with its output appended to `path`; in a bucket, the log is written locally while the run
+  lasts (objects cannot be appended to) and added to the object once it ends."""
+  if not is_remote(path):
+    with open(path, "a") as log:
+      return run_with_log(log)
+  with tempfile.TemporaryFile("w+") as log:
+    try:
+      return run_with_log(log)
+    finally:
+      log.seek(0)
+      Appender(path).append(log.read().encode())
 
 
 def _process_start(pid: int) -> float | None:

@@ -4,22 +4,26 @@
 #   launch/tpu.sh create  --name=N --zone=Z --type=v4-8 [--version=V] [--project=P] [--spot]
 #   launch/tpu.sh setup   --name=N --zone=Z        # copy this checkout (git HEAD) to every worker, install it (with [gcs])
 #   launch/tpu.sh run     --name=N --zone=Z -- --config=configs/resnet.py:50 --workdir=gs://BUCKET/resnet50
+#   launch/tpu.sh run     --name=N --zone=Z --module=cnnjax.sweep --chips-per-run=1 [--workers=W] -- --sweep=F --workdir=gs://B/S
 #   launch/tpu.sh logs    --name=N --zone=Z [--worker=0]
 #   launch/tpu.sh delete  --name=N --zone=Z
 #
 # `run` starts `python -m cnnjax.main ARGS --coordinator_address=auto` on all workers at once, in the
 # background (log: ~/cnnjax.log on each); the workers find each other through JAX, and write their checkpoints
 # collectively to the workdir, which a pod slice needs on shared storage (gs://). `run` with
-# `--module=cnnjax.sweep` runs a sweep instead, queued on this VM. --dry-run prints the gcloud commands and runs
-# nothing. --project defaults to gcloud's configured project; --version to the runtime image for --type.
+# `--module=cnnjax.sweep` runs a sweep instead, each run over the whole slice; with --chips-per-run=K a sweep of
+# small runs, each on K chips of one worker (cnnjax.sweep's accelerator slots), the W workers (--workers, default
+# 1) each taking every W-th run (--shard); gather them with --summary_only. Sweeps over several TPU VMs: a Ray
+# cluster (docs/scaling.md). --dry-run prints the gcloud commands and runs nothing. --project defaults to
+# gcloud's configured project; --version to the runtime image for --type.
 set -euo pipefail
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 command=${1:-}
 [[ -n $command ]] || usage
 shift
-name="" zone="" type="" version="" project="" worker=0 spot=0 dry_run=0 module=cnnjax.main
+name="" zone="" type="" version="" project="" worker=0 spot=0 dry_run=0 module=cnnjax.main chips_per_run="" workers=1
 while [[ $# -gt 0 ]]; do
   case $1 in
     --name=*) name=${1#*=} ;;
@@ -29,6 +33,8 @@ while [[ $# -gt 0 ]]; do
     --project=*) project=${1#*=} ;;
     --worker=*) worker=${1#*=} ;;
     --module=*) module=${1#*=} ;;
+    --chips-per-run=*) chips_per_run=${1#*=} ;;
+    --workers=*) workers=${1#*=} ;;
     --spot) spot=1 ;;
     --dry-run) dry_run=1 ;;
     --) shift; break ;;
@@ -77,7 +83,14 @@ case $command in
   run)
     [[ $# -gt 0 ]] || { echo "error: run needs the command's flags after --, e.g. -- --config=configs/resnet.py:50 --workdir=gs://BUCKET/run" >&2; exit 2; }
     quoted=$(printf '%q ' "$@")
-    do_run "${tpu[@]}" ssh "${where[@]}" --worker=all --command="cd ~/cnnjax && nohup ~/venv/bin/python -m $module ${quoted}--coordinator_address=auto > ~/cnnjax.log 2>&1 &"
+    if [[ -z $chips_per_run ]]; then  # one run (or one run at a time) over every chip of every worker
+      do_run "${tpu[@]}" ssh "${where[@]}" --worker=all --command="cd ~/cnnjax && nohup ~/venv/bin/python -m $module ${quoted}--coordinator_address=auto > ~/cnnjax.log 2>&1 &"
+    else  # a sweep of small runs: K chips each, every worker its share
+      [[ $module == cnnjax.sweep ]] || { echo "error: --chips-per-run is for --module=cnnjax.sweep" >&2; exit 2; }
+      for ((i = 0; i < workers; i++)); do
+        do_run "${tpu[@]}" ssh "${where[@]}" "--worker=$i" --command="cd ~/cnnjax && nohup ~/venv/bin/python -m cnnjax.sweep ${quoted}--devices_per_run=$chips_per_run --shard=$i/$workers > ~/cnnjax.log 2>&1 &"
+      done
+    fi
     ;;
   logs)
     do_run "${tpu[@]}" ssh "${where[@]}" "--worker=$worker" --command="tail -n 100 -f ~/cnnjax.log"

@@ -56,6 +56,14 @@ def test_tpu_dry_run_prints_the_gcloud_commands():
     "run", *where, "--module=cnnjax.sweep", "--", "--sweep=configs/sweeps/degradation.py", "--workdir=gs://b/d"
   )
   assert "-m\\ cnnjax.sweep\\ --sweep=configs/sweeps/degradation.py" in lines[0]
+  # a sweep of one-chip runs on each of 2 workers: each worker its share, no coordinator (the runs are single-host)
+  code, lines, _ = tpu(
+    "run", *where, "--module=cnnjax.sweep", "--chips-per-run=1", "--workers=2", "--", "--sweep=S", "--workdir=gs://b/d"
+  )
+  assert code == 0 and [line.split(" --command=")[0].split()[-1] for line in lines] == ["--worker=0", "--worker=1"]
+  for i, line in enumerate(lines):
+    assert f"--devices_per_run=1\\ --shard={i}/2" in line and "coordinator_address" not in line
+  assert tpu("run", *where, "--chips-per-run=1", "--", "--config=C")[0] == 2  # not for a single run
 
   assert tpu("logs", *where, "--worker=3")[1] == [
     "gcloud compute tpus tpu-vm ssh cnn --zone=us-central2-b --project=my-proj --worker=3 "

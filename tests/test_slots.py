@@ -5,6 +5,7 @@ no GPU or TPU: the environments are checked against the variables libtpu and CUD
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -104,3 +105,90 @@ def test_tpu_slots_make_a_run_that_cannot_open_its_chips_fail_in_one_line(tmp_pa
   for r in record:
     assert r["exit"] == 1 and "Unable to initialize backend 'tpu'" in (workdir / f"{r['run']}.failed.json").read_text()
     assert "step 1/" not in (workdir / f"{r['run']}.log").read_text()
+
+
+RAY_RUNS = (
+  'grid(config=["configs/lenet5.py"], learning_rate=[0.01], seed=[0, 1], num_steps=[40], log_every_steps=[4], '
+  "checkpoint_every_steps=[8], eval_every_steps=[40])"
+)
+
+
+def test_a_sweep_on_a_local_ray_cluster_resends_a_killed_run_which_resumes(tmp_path, tfds_dir):
+  """`--ray=local`: the runs as Ray tasks on a cluster the sweep starts here. Run 0's process is killed mid-way (as a
+  crashed run would end): it is sent again and resumes from its checkpoint, and ends with the parameters an
+  uninterrupted run ends with (the local backend's, run first); the summary is the local backend's."""
+  import signal
+  import threading
+  import time
+
+  import numpy as np
+
+  from cnnjax import checkpoint
+
+  file = tmp_path / "sweep.py"
+  file.write_text(f"from cnnjax.sweep import grid\n\n\ndef get_sweep():\n  return {RAY_RUNS}\n")
+  env = {**os.environ, "TFDS_DATA_DIR": str(tfds_dir)}
+  sweep_command = lambda workdir, *flags: [
+    sys.executable,
+    "-m",
+    "cnnjax.sweep",
+    f"--sweep={file}",
+    f"--workdir={workdir}",
+    *flags,
+  ]
+  local = subprocess.run(sweep_command(tmp_path / "local"), cwd=ROOT, capture_output=True, text=True, env=env)
+  assert local.returncode == 0, local.stderr[-2000:]
+  names = sorted(p.name for p in (tmp_path / "local").iterdir() if p.is_dir())
+
+  victim = tmp_path / "ray" / names[0]
+  killed = []
+
+  def kill_mid_way():  # when the run has logged step 16 (two checkpoints saved), kill its process
+    deadline = time.time() + 300
+    while time.time() < deadline and not killed:
+      log = tmp_path / "ray" / f"{names[0]}.log"
+      if log.exists() and "step 16/" in log.read_text() and (victim / "owner.json").exists():
+        os.kill(json.loads((victim / "owner.json").read_text())["pid"], signal.SIGKILL)
+        killed.append(True)
+      time.sleep(0.05)
+
+  threading.Thread(target=kill_mid_way, daemon=True).start()
+  result = subprocess.run(
+    sweep_command(tmp_path / "ray", "--ray=local"), cwd=ROOT, capture_output=True, text=True, env=env, timeout=600
+  )
+  assert result.returncode == 0 and killed, result.stderr[-3000:]
+  assert f"{names[0]}: ended with exit -9; sending it again (it resumes from its checkpoint)" in result.stdout
+  log = (tmp_path / "ray" / f"{names[0]}.log").read_text()
+  assert log.count("slot: ") == 2 and re.search(r"resumed at step (8|16)\b", log), log  # its last checkpoint
+  for name in names:
+    ours = checkpoint.read_state(tmp_path / "ray" / name / "checkpoints" / "40" / "state")["params"]
+    theirs = checkpoint.read_state(tmp_path / "local" / name / "checkpoints" / "40" / "state")["params"]
+    for a, b in zip(jax_leaves(ours), jax_leaves(theirs)):
+      np.testing.assert_array_equal(a, b)
+  same = lambda workdir: list(csv.DictReader((workdir / "summary.csv").open()))
+  assert same(tmp_path / "ray") == same(tmp_path / "local")
+  record = [json.loads(line) for line in (tmp_path / "ray" / "sweep.jsonl").read_text().splitlines()]
+  assert [r["exit"] for r in record if r["run"] == names[0]] == [-9, 0] and all(" on " in r["slot"] for r in record)
+
+
+def jax_leaves(tree):
+  import jax
+
+  return jax.tree.leaves(tree)
+
+
+def test_machines_split_a_sweep_by_shard_and_the_summary_gathers_them(tmp_path, tfds_dir):
+  """launch/tpu.sh's sweep of small runs over W workers: each worker runs every W-th run (--shard=I/W) in the one
+  workdir, none claims it whole, and --summary_only gathers all."""
+  file, workdir = tmp_path / "sweep.py", tmp_path / "w"
+  file.write_text(TINY.replace("learning_rate=[0.01, 0.05]", "learning_rate=[0.01, 0.02, 0.05]"))
+  env = {**os.environ, "TFDS_DATA_DIR": str(tfds_dir)}
+  command = lambda *flags: [sys.executable, "-m", "cnnjax.sweep", f"--sweep={file}", f"--workdir={workdir}", *flags]
+  shards = [
+    subprocess.Popen(command(f"--shard={i}/2"), cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE) for i in range(2)
+  ]
+  outputs = [p.communicate(timeout=300)[0] for p in shards]
+  assert [p.returncode for p in shards] == [0, 0]
+  assert "shard 0/2: 2 of 2 runs done" in outputs[0] and "shard 1/2: 1 of 1 runs done" in outputs[1]
+  gathered = subprocess.run(command("--summary_only"), cwd=ROOT, env=env, text=True, capture_output=True, timeout=300)
+  assert "3 of 3 runs finished" in gathered.stdout, gathered.stderr
