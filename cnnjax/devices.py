@@ -11,6 +11,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from cnnjax import data
 
 AXIS = "batch"  # the pmap axis: the global batch is split along it, gradients and statistics averaged over it
+# Host-to-device copies go one at a time: the prefetch thread's, and a pmapped step's own copy of a host batch made
+# as it is dispatched (evaluation's). Interleaved, they left XLA:CPU's simulated devices deadlocked in an eval
+# step's all-reduce, each device's copies queued in another order (seen in the test suite, the prefetch thread
+# blocked in device_put, the all-reduce's rendezvous waiting for good).
+TRANSFERS = threading.Lock()
 
 
 def device_mesh(devices=None) -> Mesh:
@@ -37,6 +42,12 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(AXIS))
 
 
+def dispatched(p_step, state, host_batch):
+  """`p_step(state, host_batch)` for a batch still on the host, whose copy to the devices its dispatch makes."""
+  with TRANSFERS:
+    return p_step(state, host_batch)
+
+
 def prefetch_to_device(iterator, mesh: Mesh, size: int = 2):
   """Yield (batch on device, iterator state after it), `size` batches ahead, from a background thread.
 
@@ -58,7 +69,10 @@ def prefetch_to_device(iterator, mesh: Mesh, size: int = 2):
   def produce():
     try:
       while not stop.is_set():
-        offer((jax.device_put(next(iterator), sharding), iterator.get_state()))
+        batch = next(iterator)
+        with TRANSFERS:
+          on_devices = jax.device_put(batch, sharding)
+        offer((on_devices, iterator.get_state()))
     except BaseException as e:  # StopIteration too: the loop sees the end where it happened
       offer(e)
 

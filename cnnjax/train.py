@@ -22,7 +22,7 @@ from jax import lax
 from cnnjax import checkpoint, data, metrics, models, optim, stopping
 from cnnjax import config as config_lib
 from cnnjax import workdir as workdir_lib
-from cnnjax.devices import AXIS, device_mesh, layout_of, prefetch_to_device, replicate
+from cnnjax.devices import AXIS, device_mesh, dispatched, layout_of, prefetch_to_device, replicate
 from cnnjax.errors import TrainingDiverged
 from cnnjax.init_from import start_from
 from cnnjax.models.outputs import auxiliary_logits
@@ -218,7 +218,7 @@ def evaluate_state(p_eval, state, run: Run) -> dict:
   """Loss, accuracy and top-5 over the whole test split (each example once)."""
   stream = data.eval_batches(run.dataset, input_shape(run.config), run.layout, workers=run.config.workers)
   with data.reading(stream) as batches:
-    sums = functools.reduce(lambda a, b: jax.tree.map(jnp.add, a, b), (p_eval(state, batch) for batch in batches))
+    sums = functools.reduce(lambda a, b: jax.tree.map(jnp.add, a, b), (dispatched(p_eval, state, b) for b in batches))
   sums = jax.tree.map(float, jax.device_get(sums))
   # top-5 only where there are more than 10 classes: of 10 or fewer it says little
   shown = ("loss", "accuracy", "top5") if run.dataset.num_classes > 10 else ("loss", "accuracy")
