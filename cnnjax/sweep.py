@@ -304,7 +304,7 @@ def summarize(sweep: list[dict], workdir: str) -> list[dict]:
     for name, points in curves.items():
       metrics.plot_series(loss_ax, *zip(*points), label=name)
     loss_ax.set(xlabel="step", ylabel="training loss", yscale="log", title="training loss")
-    if len(curves) <= 8:  # beyond that a legend hides the curves; the bars beside name every run
+    if 0 < len(curves) <= 8:  # beyond that a legend hides the curves; the bars beside name every run
       loss_ax.legend(fontsize=7)
     done = [row for row in rows if row["state"] == "finished"]
     error_ax.barh([row["run"] for row in done], [row["test_error"] for row in done])

@@ -4,8 +4,9 @@ Each unfinished run is a task asking the cluster for its slot (`num_gpus=K`, `re
 the node Ray picks, the task starts `python -m cnnjax.main` with the environment `slots.environment` builds from the
 ids Ray assigned, and the run's output goes to WORKDIR/NAME.log. A run that crashes or is killed is sent again and
 resumes from its checkpoint; a node that dies takes its task with it, and Ray runs the task again elsewhere (the run,
-which dies with its task, resumes there). Ctrl-C cancels the tasks: their runs save a checkpoint and stop. The
-workdir must be one every node sees (gs://, or a shared file system). Ray is the `[ray]` extra.
+which dies with its task, resumes there). Ctrl-C (or SIGTERM) at the sweep writes WORKDIR/sweep.stop, which every
+task watches for: its run then hears Ctrl-C, saves a checkpoint and stops. The workdir must be one every node sees
+(gs://, or a shared file system). Ray is the `[ray]` extra.
 """
 
 import ctypes
@@ -18,9 +19,11 @@ import time
 
 from etils import epath
 
-from cnnjax import slots
+from cnnjax import errors, slots
 from cnnjax import workdir as workdir_lib
 
+STOP = "sweep.stop"  # in the workdir: the sweep asks its tasks' runs to save and stop
+STOP_CHECK_S = 2.0  # how often a task looks for it (a bucket's object: not too often)
 CRASH_RETRIES = 2  # a run that ended without an error of its own (killed, crashed) is sent again this often
 RAY_NAMES = {"gpu": "GPU", "tpu": "TPU"}  # the resource Ray schedules and assigns ids of, by platform
 
@@ -65,31 +68,43 @@ def run_task(args: list[str], platform: str, log: str) -> tuple[int, str]:
     file.write(f"slot: {slot} on {os.uname().nodename}\n")
     file.flush()
     process = subprocess.Popen(args, env=env, stdout=file, stderr=file, text=True, preexec_fn=_dies_with_parent)
-    try:
-      return process.wait()
-    except KeyboardInterrupt:  # ray.cancel
-      process.send_signal(signal.SIGINT)
-      return process.wait()
+    stop, looked = epath.Path(log).parent / STOP, time.time()
+    while process.poll() is None:
+      time.sleep(0.2)
+      if time.time() - looked > STOP_CHECK_S:
+        looked = time.time()
+        if stop.exists():  # the sweep was stopped: the run saves a checkpoint and stops
+          process.send_signal(signal.SIGINT)
+          return process.wait()
+    return process.returncode
 
   return workdir_lib.logged(epath.Path(log), run), f"{slot} on {os.uname().nodename}"
 
 
 def _dies_with_parent():
   """In the child: a SIGTERM when the task's worker process dies (its node lost, Ray's retry elsewhere), so the
-  run saves and stops instead of running on beside the retried one."""
+  run saves and stops instead of running on beside the retried one; and Ctrl-C unblocked (Ray's workers block it,
+  and a child inherits the mask), so a cancelled task's run hears it."""
   ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+  signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 def execute(pending: list[tuple[str, list[str]]], workdir: str, ray, platform: str, per_run: int, record) -> dict:
   """Run (name, args) of every pending run as tasks; {name: exit status}. Crashed runs are sent again."""
   root = epath.Path(workdir)
+  if (root / STOP).exists():  # a stop asked of an earlier sweep here
+    (root / STOP).unlink()
   task = ray.remote(run_task).options(max_retries=3, **options(platform, per_run))
   submit = lambda name, args: (task.remote(args, platform, str(root / f"{name}.log")), name, args, time.time())
   running = {ref: (name, args, start) for ref, name, args, start in (submit(n, a) for n, a in pending)}
   codes, tries = {}, {name: 0 for name, _ in pending}
+  previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops the sweep as Ctrl-C does
   try:
     while running:
-      [ref], _ = ray.wait(list(running), num_returns=1)
+      done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)  # (a timeout: signals are handled meanwhile)
+      if not done:
+        continue
+      [ref] = done
       name, args, start = running.pop(ref)
       code, where = ray.get(ref)
       record.add(name, None, start, code, where=where)
@@ -103,12 +118,14 @@ def execute(pending: list[tuple[str, list[str]]], workdir: str, ray, platform: s
       codes[name] = code
       print(f"{name}: {'done' if code == 0 else f'failed (exit {code}), see {root / name}.log'}", flush=True)
   except KeyboardInterrupt:
-    for ref in running:
-      ray.cancel(ref)
+    workdir_lib.write_text(root / STOP, "")
+    print(f"stopping: {len(running)} run(s) save a checkpoint and stop", file=sys.stderr, flush=True)
     for ref, (name, _, _) in running.items():
-      try:
-        codes[name] = ray.get(ref)[0]
-      except Exception:  # cancelled before it started
-        codes[name] = None
-    print(f"stopped by Ctrl-C: {len(running)} run(s) cancelled", file=sys.stderr, flush=True)
+      codes[name] = ray.get(ref)[0]
+    (root / STOP).unlink()
+    stopped = sum(code in (130, 143) for code in codes.values())
+    message = f"stopped: {stopped} run(s) saved a checkpoint and stopped; rerun the same command to go on."
+    raise errors.Stopped(message, 130) from None
+  finally:
+    signal.signal(signal.SIGTERM, previous)
   return codes

@@ -192,3 +192,31 @@ def test_machines_split_a_sweep_by_shard_and_the_summary_gathers_them(tmp_path, 
   assert "shard 0/2: 2 of 2 runs done" in outputs[0] and "shard 1/2: 1 of 1 runs done" in outputs[1]
   gathered = subprocess.run(command("--summary_only"), cwd=ROOT, env=env, text=True, capture_output=True, timeout=300)
   assert "3 of 3 runs finished" in gathered.stdout, gathered.stderr
+
+
+def test_ctrl_c_stops_a_ray_sweep_with_every_run_saved(tmp_path, tfds_dir):
+  """Ctrl-C at a `--ray` sweep: each task's run hears Ctrl-C (through WORKDIR/sweep.stop), saves a checkpoint and
+  stops; the sweep ends with one line and the signal's status, and no run is left behind."""
+  import signal
+  import time
+
+  file, workdir = tmp_path / "sweep.py", tmp_path / "w"
+  long = 'grid(config=["configs/lenet5.py"], seed=[0, 1], num_steps=[100000], log_every_steps=[5])'
+  file.write_text(f"from cnnjax.sweep import grid\n\n\ndef get_sweep():\n  return {long}\n")
+  env = {**os.environ, "TFDS_DATA_DIR": str(tfds_dir)}
+  command = [sys.executable, "-m", "cnnjax.sweep", f"--sweep={file}", f"--workdir={workdir}", "--ray=local"]
+  sweep = subprocess.Popen(command, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  deadline = time.time() + 300
+  logs = lambda: [p.read_text() for p in workdir.glob("*.log")] if workdir.exists() else []
+  while time.time() < deadline and not (len(logs()) == 2 and all("step 10/" in log for log in logs())):
+    time.sleep(0.2)
+  sweep.send_signal(signal.SIGINT)
+  _, err = sweep.communicate(timeout=300)
+  assert sweep.returncode == 130, err[-2000:]
+  assert (
+    err.strip().splitlines()[-1] == "stopped: 2 run(s) saved a checkpoint and stopped; rerun the same command to go on."
+  )
+  for run in (p for p in workdir.iterdir() if p.is_dir()):
+    assert any(c.name.isdigit() for c in (run / "checkpoints").iterdir()), run
+  assert not (workdir / "sweep.stop").exists()
+  assert "stopped by Ctrl-C at step" in "".join(logs())
