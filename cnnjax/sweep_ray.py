@@ -98,7 +98,9 @@ def execute(pending: list[tuple[str, list[str]]], workdir: str, ray, platform: s
   submit = lambda name, args: (task.remote(args, platform, str(root / f"{name}.log")), name, args, time.time())
   running = {ref: (name, args, start) for ref, name, args, start in (submit(n, a) for n, a in pending)}
   codes, tries = {}, {name: 0 for name, _ in pending}
-  previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops the sweep as Ctrl-C does
+  # Ctrl-C and SIGTERM stop the sweep, set explicitly: a sweep started by a process that ignores SIGINT (a
+  # background job, a test runner's worker) would otherwise inherit that
+  previous = {s: signal.signal(s, signal.default_int_handler) for s in (signal.SIGINT, signal.SIGTERM)}
   try:
     while running:
       done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)  # (a timeout: signals are handled meanwhile)
@@ -127,5 +129,6 @@ def execute(pending: list[tuple[str, list[str]]], workdir: str, ray, platform: s
     message = f"stopped: {stopped} run(s) saved a checkpoint and stopped; rerun the same command to go on."
     raise errors.Stopped(message, 130) from None
   finally:
-    signal.signal(signal.SIGTERM, previous)
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
   return codes

@@ -205,13 +205,20 @@ def test_ctrl_c_stops_a_ray_sweep_with_every_run_saved(tmp_path, tfds_dir):
   file.write_text(f"from cnnjax.sweep import grid\n\n\ndef get_sweep():\n  return {long}\n")
   env = {**os.environ, "TFDS_DATA_DIR": str(tfds_dir)}
   command = [sys.executable, "-m", "cnnjax.sweep", f"--sweep={file}", f"--workdir={workdir}", "--ray=local"]
-  sweep = subprocess.Popen(command, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-  deadline = time.time() + 300
-  logs = lambda: [p.read_text() for p in workdir.glob("*.log")] if workdir.exists() else []
-  while time.time() < deadline and not (len(logs()) == 2 and all("step 10/" in log for log in logs())):
-    time.sleep(0.2)
-  sweep.send_signal(signal.SIGINT)
-  _, err = sweep.communicate(timeout=300)
+  # (SIGINT ignored, as a test runner's worker may pass it on: the sweep must take Ctrl-C all the same)
+  ignoring = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)
+  sweep = subprocess.Popen(
+    command, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=ignoring
+  )
+  try:
+    deadline = time.time() + 300
+    logs = lambda: [p.read_text() for p in workdir.glob("*.log")] if workdir.exists() else []
+    while time.time() < deadline and not (len(logs()) == 2 and all("step 10/" in log for log in logs())):
+      time.sleep(0.2)
+    sweep.send_signal(signal.SIGINT)
+    _, err = sweep.communicate(timeout=120)
+  finally:
+    sweep.kill()  # (only if it is still there: its runs die with its Ray workers, then)
   assert sweep.returncode == 130, err[-2000:]
   assert (
     err.strip().splitlines()[-1] == "stopped: 2 run(s) saved a checkpoint and stopped; rerun the same command to go on."
