@@ -203,3 +203,23 @@ def gcs():
         os.environ.pop(key, None)
       else:
         os.environ[key] = value
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+  """The axes of every figure cnnjax.metrics.figure draws in the test (how every command draws), laid out as
+  saved: what a figure shows can be checked without reading pixels."""
+  import contextlib
+
+  from cnnjax import metrics
+
+  kept, real = [], metrics.figure
+
+  @contextlib.contextmanager
+  def keeping_axes(*args, **kwargs):
+    with real(*args, **kwargs) as axes:
+      kept.append(axes)
+      yield axes
+
+  monkeypatch.setattr(metrics, "figure", keeping_axes)
+  return kept

@@ -186,22 +186,11 @@ def test_transfer_pretrains_once_and_trains_each_way_from_its_start(tfds_dir, tm
   assert (tmp_path / "transfer.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_every_series_of_the_figures_shows_even_with_a_single_point(tmp_path, monkeypatch):
+def test_every_series_of_the_figures_shows_even_with_a_single_point(tmp_path, drawn):
   """degradation.png after `--epochs=1`: one evaluation per run, once drawn as a dashed line of one point, which
   shows nothing. Every line of the experiments' and the run's figures has a marker or at least two points."""
-  import contextlib
-
   from cnnjax import metrics
 
-  drawn, real = [], metrics.figure
-
-  @contextlib.contextmanager
-  def keeping_axes(*args, **kwargs):
-    with real(*args, **kwargs) as axes:
-      drawn.append(axes)
-      yield axes
-
-  monkeypatch.setattr(metrics, "figure", keeping_axes)
   rows = []
   for residual in (False, True):
     net = f"{'resnet' if residual else 'plain'}20"

@@ -90,21 +90,8 @@ def test_measures_at_each_requested_step(tfds_dir, tmp_path):
   assert names[0] == "conv1" and "pre_logits" in names
 
 
-def test_the_figures_title_names_only_the_options_that_change_the_network(tmp_path, monkeypatch):
+def test_the_figures_title_names_only_the_options_that_change_the_network(tmp_path, drawn):
   """The plain-20 figure once listed every option of the config, shortcut=A of a net without shortcuts among them."""
-  import contextlib
-
-  from cnnjax import metrics
-
-  drawn, real = [], metrics.figure
-
-  @contextlib.contextmanager
-  def keeping_axes(*args, **kwargs):
-    with real(*args, **kwargs) as axes:
-      drawn.append(axes)
-      yield axes
-
-  monkeypatch.setattr(metrics, "figure", keeping_axes)
   options = {**models.defaults("plain20"), "activation": "sigmoid", "norm": "none"}
   layers = [{"depth": 1, "grad_norm": 1e-3}, {"depth": 2, "grad_norm": 0.3}]
   report = {"model": "plain20", "model_options": options, "steps": [{"step": 0, "layers": layers}]}

@@ -100,21 +100,10 @@ def test_the_commands_write_their_pictures(lenet_workdir, tmp_path):
 
 
 @pytest.mark.parametrize("family", ["lenet5", "resnet18"])
-def test_the_activation_tiles_are_as_large_with_a_long_title_as_with_a_short_one(family, monkeypatch, tmp_path):
+def test_the_activation_tiles_are_as_large_with_a_long_title_as_with_a_short_one(family, drawn, tmp_path):
   """A workdir's title ("resnet18 on imagenet2012") once squeezed every tile to a third of its size."""
-  import contextlib
+  from cnnjax import visualize
 
-  from cnnjax import metrics, visualize
-
-  drawn, real = [], metrics.figure
-
-  @contextlib.contextmanager
-  def keeping_axes(*args, **kwargs):
-    with real(*args, **kwargs) as axes:
-      drawn.append(axes)
-      yield axes
-
-  monkeypatch.setattr(visualize.metrics, "figure", keeping_axes)
   model = models.create(family, num_classes=10)
   shape = models.input_shape(family)
   variables = train.init_variables(jax.random.key(0), model, shape)

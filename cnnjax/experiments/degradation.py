@@ -86,26 +86,16 @@ def plot(workdir, rows, dataset):
       nets = list(dict.fromkeys(r["net"] for r in family))
       for row in family:
         lines = metrics.read_metrics(workdir / row["run"] / "metrics.jsonl")
-        train_lines = [line for line in lines if "train_accuracy" in line]
-        test_lines = [line for line in lines if "eval_accuracy" in line]
         color, first_seed = f"C{nets.index(row['net'])}", row is next(r for r in family if r["net"] == row["net"])
-        metrics.plot_series(
-          ax,
-          [line["step"] for line in train_lines],
-          [100 * (1 - line["train_accuracy"]) for line in train_lines],
-          color=color,
-          linewidth=2.2,
-          label=f"{row['net']} train" if first_seed else None,
-        )
-        metrics.plot_series(
-          ax,
-          [line["step"] for line in test_lines],
-          [100 * (1 - line["eval_accuracy"]) for line in test_lines],
-          color=color,
-          linewidth=0.9,
-          linestyle="--",
-          label=f"{row['net']} test" if first_seed else None,
-        )
+        # training error bold, test error thin and dashed, as the paper draws them
+        for key, which, style in (
+          ("train_accuracy", "train", {"linewidth": 2.2}),
+          ("eval_accuracy", "test", {"linewidth": 0.9, "linestyle": "--"}),
+        ):
+          points = [line for line in lines if key in line]
+          label = f"{row['net']} {which}" if first_seed else None
+          steps, errors = [line["step"] for line in points], [100 * (1 - line[key]) for line in points]
+          metrics.plot_series(ax, steps, errors, color=color, label=label, **style)
       ax.set(title=f"{'ResNet' if residual else 'plain'} on {dataset}", xlabel="iterations", ylabel="error (%)")
       ax.grid(alpha=0.3)
       ax.legend(fontsize=8)
