@@ -22,69 +22,98 @@ import sys
 import time
 
 
-def _stages(block, cin: int, sizes, widths, expansion: int):
-  """ResNet's stages of `block`s, the first of each stage after the first halving the map; (blocks, channels out)."""
-  layers = []
-  for i, (size, width) in enumerate(zip(sizes, widths)):
-    for j in range(size):
-      layers.append(block(cin, width, 2 if i > 0 and j == 0 else 1))
-      cin = width * expansion
-  return layers, cin
+def _conv(cin: int, cout: int, kernel: int, stride: int = 1):
+  import torch.nn as nn
+
+  return nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False)
 
 
-def build(name: str, stride_in: str = "v1"):
-  """(model, classes, image size) of a network named as cnnjax names it."""
+def _blocks():
+  """(Basic, Bottleneck): the peer's residual blocks, their modules named as torchvision's (conv1, bn1, ...,
+  downsample). (Defined on first use: only the peer imports torch.)"""
   import torch.nn as nn
   import torch.nn.functional as F
-
-  def conv_bn(cin, cout, kernel, stride=1):
-    return [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout)]
 
   class Basic(nn.Module):
     """Two 3x3 convs; the option-A shortcut strides the input and pads the new channels with zeros."""
 
-    def __init__(self, cin, cout, stride):
+    def __init__(self, cin, cout, stride, stride_in=None):
       super().__init__()
-      self.branch = nn.Sequential(*conv_bn(cin, cout, 3, stride), nn.ReLU(), *conv_bn(cout, cout, 3))
+      self.conv1, self.bn1 = _conv(cin, cout, 3, stride), nn.BatchNorm2d(cout)
+      self.conv2, self.bn2 = _conv(cout, cout, 3), nn.BatchNorm2d(cout)
       self.stride, self.extra = stride, cout - cin
 
     def forward(self, x):
       shortcut = x[:, :, :: self.stride, :: self.stride]
       if self.extra:
         shortcut = F.pad(shortcut, (0, 0, 0, 0, 0, self.extra))  # zeros after the existing channels, as cnnjax
-      return F.relu(self.branch(x) + shortcut)
+      return F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))) + shortcut)
 
   class Bottleneck(nn.Module):
-    """1x1, 3x3, 1x1 (4x width); a projection (1x1 conv + BN) where the shape changes."""
+    """1x1, 3x3, 1x1 (4x width), the stride in the first (v1) or the 3x3 (v1.5); a projection (1x1 conv + BN)
+    where the shape changes."""
 
-    def __init__(self, cin, width, stride):
+    def __init__(self, cin, width, stride, stride_in="v1"):
       super().__init__()
       first, middle = (stride, 1) if stride_in == "v1" else (1, stride)
-      self.branch = nn.Sequential(
-        *conv_bn(cin, width, 1, first),
-        nn.ReLU(),
-        *conv_bn(width, width, 3, middle),
-        nn.ReLU(),
-        *conv_bn(width, 4 * width, 1),
-      )
+      self.conv1, self.bn1 = _conv(cin, width, 1, first), nn.BatchNorm2d(width)
+      self.conv2, self.bn2 = _conv(width, width, 3, middle), nn.BatchNorm2d(width)
+      self.conv3, self.bn3 = _conv(width, 4 * width, 1), nn.BatchNorm2d(4 * width)
       changes = stride != 1 or cin != 4 * width
-      self.projection = nn.Sequential(*conv_bn(cin, 4 * width, 1, stride)) if changes else nn.Identity()
+      self.downsample = nn.Sequential(_conv(cin, 4 * width, 1, stride), nn.BatchNorm2d(4 * width)) if changes else None
 
     def forward(self, x):
-      return F.relu(self.branch(x) + self.projection(x))
+      y = F.relu(self.bn1(self.conv1(x)))
+      y = self.bn3(self.conv3(F.relu(self.bn2(self.conv2(y)))))
+      return F.relu(y + (x if self.downsample is None else self.downsample(x)))
 
-  head = lambda cin, classes: [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, classes)]
+  return Basic, Bottleneck
+
+
+def _resnet():
+  """The peer's network, named as torchvision's ResNet (conv1, bn1, layer1.0.conv1, ..., fc), so cnnjax reads its
+  weights by the same rule as torchvision's."""
+  import torch.nn as nn
+  import torch.nn.functional as F
+
+  class ResNet(nn.Module):
+    """A stem (7x7/2 and a 3x3/2 max-pool, or CIFAR's one 3x3 conv), stages of `block`s (the first of each stage
+    after the first halving the map), a globally pooled classifier."""
+
+    def __init__(self, block, stem: int, sizes, widths, expansion: int, classes: int, stride_in: str = "v1"):
+      super().__init__()
+      imagenet = stem == 7
+      self.conv1, self.bn1 = _conv(3, widths[0], stem, 2 if imagenet else 1), nn.BatchNorm2d(widths[0])
+      self.maxpool = nn.MaxPool2d(3, 2, 1) if imagenet else nn.Identity()
+      cin, self.stages = widths[0], len(sizes)
+      for i, (size, width) in enumerate(zip(sizes, widths)):
+        blocks = []
+        for j in range(size):
+          blocks.append(block(cin, width, 2 if i > 0 and j == 0 else 1, stride_in))
+          cin = width * expansion
+        self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+      self.fc = nn.Linear(cin, classes)
+
+    def forward(self, x):
+      x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+      for i in range(self.stages):
+        x = getattr(self, f"layer{i + 1}")(x)
+      return self.fc(x.mean((2, 3)))
+
+  return ResNet
+
+
+def build(name: str, stride_in: str = "v1"):
+  """(model, classes, image size) of a network named as cnnjax names it."""
+  (basic, bottleneck), resnet = _blocks(), _resnet()
   if name == "resnet50":
     if stride_in not in ("v1", "v1.5"):
       raise SystemExit(f"error: unknown --stride_in {stride_in!r}; valid: v1, v1.5")
-    body, cin = _stages(Bottleneck, 64, (3, 4, 6, 3), (64, 128, 256, 512), 4)
-    stem = [*conv_bn(3, 64, 7, 2), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
-    return nn.Sequential(*stem, *body, *head(cin, 1000)), 1000, 224
+    return resnet(bottleneck, 7, (3, 4, 6, 3), (64, 128, 256, 512), 4, 1000, stride_in), 1000, 224
   depth = name.removeprefix("resnet")
   if depth.isdigit() and int(depth) >= 8 and (int(depth) - 2) % 6 == 0:
     n = (int(depth) - 2) // 6
-    body, cin = _stages(Basic, 16, (n, n, n), (16, 32, 64), 1)
-    return nn.Sequential(*conv_bn(3, 16, 3), nn.ReLU(), *body, *head(cin, 10)), 10, 32
+    return resnet(basic, 3, (n, n, n), (16, 32, 64), 1, 10), 10, 32
   raise SystemExit(f"error: unknown model {name!r}; valid: resnet50, and resnetN for N = 6n+2 (20, 32, 44, 56, 110)")
 
 

@@ -7,7 +7,9 @@ import optax
 def schedule(config, steps_per_epoch: int) -> optax.Schedule:
   """The paper's schedule: 'constant', 'step' (x lr_decay_factor at lr_decay_steps or lr_decay_epochs),
   'exponential' (x lr_decay_factor every lr_decay_every_epochs, GoogLeNet's 4% every 8 epochs) or
-  'cosine', after an optional warm-up: 'linear' from 0, or 'constant' at warmup_lr (ResNet-110's 0.01)."""
+  'cosine', after an optional warm-up: 'linear' from 0, or 'constant' at warmup_lr (ResNet-110's 0.01).
+  The decays of 'step' and 'exponential' count from the first step, warm-up included, as PyTorch's MultiStepLR and
+  StepLR chained after a ConstantLR warm-up do; 'cosine' spans the steps after the warm-up."""
   lr = config.learning_rate
   warmup = config.warmup_steps or round(config.warmup_epochs * steps_per_epoch)
   total = total_steps(config, steps_per_epoch)
@@ -17,8 +19,8 @@ def schedule(config, steps_per_epoch: int) -> optax.Schedule:
     boundaries = list(config.lr_decay_steps) or [round(e * steps_per_epoch) for e in config.lr_decay_epochs]
     main = optax.piecewise_constant_schedule(lr, {b - warmup: config.lr_decay_factor for b in boundaries})
   elif config.schedule == "exponential":
-    every = round(config.lr_decay_every_epochs * steps_per_epoch)
-    main = optax.exponential_decay(lr, every, config.lr_decay_factor, staircase=True)
+    every, factor = round(config.lr_decay_every_epochs * steps_per_epoch), config.lr_decay_factor
+    main = lambda count: lr * factor ** ((count + warmup) // every)  # x factor at every, 2 x every, ... steps
   elif config.schedule == "cosine":
     main = optax.cosine_decay_schedule(lr, max(total - warmup, 1))
   else:

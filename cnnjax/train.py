@@ -59,8 +59,8 @@ def create_train_state(model: nn.Module, optimizer, shape, seed: int, dtype=jnp.
 
 
 def cross_entropy(logits, labels, label_smoothing: float = 0.0):
-  """Mean softmax cross-entropy in float32, with optional label smoothing."""
-  logits = logits.astype(jnp.float32)
+  """Mean softmax cross-entropy in float32 at least (float64 runs keep float64), with optional label smoothing."""
+  logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
   targets = jax.nn.one_hot(labels, logits.shape[-1])
   if label_smoothing:
     targets = optax.smooth_labels(targets, label_smoothing)

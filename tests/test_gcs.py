@@ -218,7 +218,10 @@ def get_sweep():
 def test_a_sweep_in_a_bucket_logs_and_summarises_there(gcs, tfds_dir, tmp_path):
   file, workdir = tmp_path / "one.py", f"{gcs.bucket('cnnjax-sweeps')}/sweep"
   file.write_text(ONE_RUN)
-  out = run_sweep(file, workdir, "--parallel=2", env={**os.environ, "TFDS_DATA_DIR": str(tfds_dir)})
+  # two slots of one CPU core each, whatever cores the machine has
+  out = run_sweep(
+    file, workdir, "--parallel=2", "--accelerators=cpu:2", env={**os.environ, "TFDS_DATA_DIR": str(tfds_dir)}
+  )
   name = "lenet5__eval_every_steps=2__log_every_steps=1__num_steps=2"
   assert f"{name}: done" in out and "1 of 1 runs finished" in out
   written = gcs.objects(workdir)

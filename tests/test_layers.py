@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax import lax
 
-from cnnjax.models.layers import adaptive_avg_pool, local_response_norm, max_pool, output_size
+from cnnjax.models.layers import BatchNorm, adaptive_avg_pool, local_response_norm, max_pool, output_size
 
 geometry = st.tuples(st.integers(1, 40), st.integers(1, 7), st.integers(1, 4), st.integers(0, 3)).filter(
   lambda g: g[3] <= g[1] // 2 and g[0] + 2 * g[3] >= g[1]
@@ -109,3 +109,22 @@ def test_lrn_by_hand():
 def test_lrn_without_alpha_only_scales(k, beta, seed):
   x = jax.random.normal(jax.random.key(seed), (1, 3, 3, 8))
   np.testing.assert_allclose(local_response_norm(x, alpha=0.0, k=k, beta=beta), x / k**beta, rtol=1e-5)
+
+
+def test_batchnorm_by_hand_keeps_the_unbiased_variance():
+  """Training normalises by the batch's biased variance; the running variance averages in the unbiased one, n/(n-1)
+  times it (Ioffe & Szegedy 2015, Algorithm 2; Caffe's and PyTorch's BatchNorm), with PyTorch's momentum 0.1."""
+  x = np.random.default_rng(0).normal(2.0, 3.0, (4, 3, 3, 2))
+  values, n = x.reshape(-1, 2), 4 * 3 * 3
+  norm = BatchNorm(momentum=0.9, epsilon=1e-5)
+  variables = norm.init(jax.random.key(0), x)
+  y, updates = norm.apply(variables, x, mutable=["batch_stats"])
+  stats = updates["batch_stats"]
+  np.testing.assert_allclose(stats["mean"], 0.9 * 0 + 0.1 * values.mean(0), rtol=1e-5)
+  np.testing.assert_allclose(stats["var"], 0.9 * 1 + 0.1 * values.var(0) * n / (n - 1), rtol=1e-5)
+  np.testing.assert_allclose(y, (x - values.mean(0)) / np.sqrt(values.var(0) + 1e-5), rtol=1e-4, atol=1e-5)
+  # synchronised over two devices, each with half the batch: the statistics of the whole batch (n counts both)
+  halves = jax.pmap(lambda v, x: norm.clone(axis_name="i").apply(v, x, mutable=["batch_stats"]), "i", in_axes=(None, 0))
+  y2, updates2 = halves(variables, x.reshape(2, 2, 3, 3, 2))
+  np.testing.assert_allclose(np.asarray(y2).reshape(x.shape), y, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(updates2["batch_stats"]["var"][0], stats["var"], rtol=1e-6)

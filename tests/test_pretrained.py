@@ -27,28 +27,11 @@ from torchvision.models._meta import _IMAGENET_CATEGORIES  # torchvision's names
 from cnnjax.models import pretrained
 from cnnjax.models.pretrained import WeightsError, from_torchvision
 
-TORCHVISION_NAME = {"alexnet_torchvision": "alexnet", "googlenet_torchvision": "googlenet"}
+from torch_twins import torchvision_model
+
 # The smallest inputs each network takes in torchvision (its 2x2 pools fail on a 1x1 map, AlexNet's on under 63):
 # small sizes keep the suite fast; the adaptive pools they exercise are checked at 224 by test_parity_at_224.
 SMALL = {"alexnet_torchvision": 64}
-
-
-def torchvision_model(name: str, seed: int = 0, **kwargs):
-  """torchvision's `name` in eval mode, every parameter and buffer random (BatchNorm variances positive)."""
-  tv_name = TORCHVISION_NAME.get(name, name)
-  if tv_name == "googlenet":  # as torchvision builds it for its weights: auxiliary heads in the file, input transform
-    kwargs = dict(aux_logits=True, transform_input=True, init_weights=False, **kwargs)
-  model = tv_models.get_model(tv_name, weights=None, **kwargs).eval()
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for key, tensor in [*model.named_parameters(), *model.named_buffers()]:
-      if key.endswith("running_var"):
-        tensor.copy_(torch.rand(tensor.shape, generator=g) + 0.5)
-      elif key.endswith(("running_mean", "bias")):
-        tensor.copy_(torch.randn(tensor.shape, generator=g) * 0.2)
-      elif tensor.ndim == 1 and tensor.is_floating_point():  # BatchNorm's scale
-        tensor.copy_(1 + torch.randn(tensor.shape, generator=g) * 0.2)
-  return model
 
 
 def logits_agree(name, torch_model, size, **options):

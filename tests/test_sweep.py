@@ -23,7 +23,7 @@ def test_a_sweep_runs_skips_resumes_and_summarises(tmp_path, tfds_dir):
   assert names == [
     f"lenet5__eval_every_steps=2__learning_rate={lr}__log_every_steps=2__num_steps=4" for lr in (0.01, 0.05)
   ]
-  out = run_sweep(file, workdir, "--parallel=2", env=env)
+  out = run_sweep(file, workdir, "--parallel=2", "--accelerators=cpu:2", env=env)  # two slots on any machine
   assert all(f"{n}: done" in out for n in names) and "2 of 2 runs finished" in out
 
   (workdir / names[1] / "summary.json").unlink()  # as if the run had stopped after its last checkpoint

@@ -151,6 +151,9 @@ def test_learning_rate_schedules_by_hand():
   googlenet = load_config("googlenet")  # 4% less every 8 epochs
   lr = optim.schedule(googlenet, steps_per_epoch=100)
   assert [float(lr(s)) for s in (0, 799, 800, 1600)] == pytest.approx([0.08, 0.08, 0.08 * 0.96, 0.08 * 0.96**2])
+  googlenet.update(warmup_steps=50, warmup_type="constant", warmup_lr=0.008)  # decays still every 800 steps from 0
+  lr = optim.schedule(googlenet, steps_per_epoch=100)
+  assert [float(lr(s)) for s in (49, 50, 799, 800)] == pytest.approx([0.008, 0.08, 0.08, 0.08 * 0.96])
   resnet = load_config("resnet", "50")
   lr = optim.schedule(resnet, steps_per_epoch=10)
   assert [float(lr(s)) for s in (0, 299, 300, 600)] == pytest.approx([0.1, 0.1, 0.01, 0.001])

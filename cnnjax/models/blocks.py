@@ -1,7 +1,7 @@
 """The shared blocks every architecture is composed of.
 
 Each block takes its convolution (`conv`, a partial of `nn.Conv` carrying bias and init), its norm
-(`norm`, a partial of `nn.BatchNorm` or None) and its activation (`act`) injected, so a network
+(`norm`, a partial of `layers.BatchNorm` or None) and its activation (`act`) injected, so a network
 switches all of them in one place: a whole ResNet turns sigmoid, or loses its BatchNorm, with one
 option.
 """

@@ -14,6 +14,7 @@ Options: `inception='naive'` builds every module as Fig. 2(a); `norm='batchnorm'
 conv biases by BatchNorm; `c5_kernel=3` and `dropout=0.2` with batchnorm give torchvision's layer shapes,
 and `layout='torchvision'` its arithmetic that the shapes do not show: a 2x2/2 max-pool before 5a, auxiliary
 heads that pool adaptively onto 4x4, BatchNorm epsilon 1e-3 (together: the registry's googlenet_torchvision).
+`aux_dropout` is the auxiliary heads' dropout (the paper's 0.7; torchvision's dropout_aux).
 `transform_input=True` is what torchvision switches on with its published weights: the input, normalised by
 the ImageNet mean and std, is renormalised to (x - 0.5) / 0.5, the range the ported weights were trained on.
 Inputs other than 224x224 use global average pooling for the main head and adaptive pooling onto 4x4 for the
@@ -23,6 +24,7 @@ auxiliary heads.
 import functools
 
 import flax.linen as nn
+import jax.numpy as jnp
 import numpy as np
 
 from cnnjax.models.blocks import ConvUnit, Inception
@@ -56,7 +58,7 @@ AUX_HEADS = ("4a", "4d")
 XAVIER = nn.initializers.variance_scaling(1.0, "fan_in", "uniform")
 
 # torchvision's input transform: from (x - mean) / std with ImageNet's statistics to (x - 0.5) / 0.5
-IMAGENET_MEAN, IMAGENET_STD = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+IMAGENET_MEAN, IMAGENET_STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])  # float64
 LAYOUTS = ("paper", "torchvision")
 
 
@@ -94,6 +96,7 @@ class GoogLeNet(nn.Module):
   activation: str = "relu"
   c5_kernel: int = 5
   dropout: float = 0.4
+  aux_dropout: float = 0.7  # in each auxiliary head, before its classifier (torchvision's dropout_aux)
   layout: str = "paper"  # or 'torchvision' (module docstring)
   transform_input: bool = False
   axis_name: str | None = None  # BatchNorm statistics (and dropout masks) over this pmap axis in training
@@ -104,7 +107,7 @@ class GoogLeNet(nn.Module):
       raise ValueError(f"unknown GoogLeNet layout {self.layout!r}; valid: {', '.join(LAYOUTS)}")
     torchvision = self.layout == "torchvision"
     if self.transform_input:
-      x = x * (IMAGENET_STD / 0.5) + (IMAGENET_MEAN - 0.5) / 0.5
+      x = x * jnp.asarray(IMAGENET_STD / 0.5, x.dtype) + jnp.asarray((IMAGENET_MEAN - 0.5) / 0.5, x.dtype)
     act = activation(self.activation)
     norm = conv_norm(
       self.norm,
@@ -132,7 +135,7 @@ class GoogLeNet(nn.Module):
       if train and self.aux_heads and stage in AUX_HEADS:
         head = auxiliary_name(stage)
         classifier = AuxiliaryClassifier(
-          self.num_classes, unit, act, axis_name=self.axis_name, adaptive=torchvision, name=head
+          self.num_classes, unit, act, self.aux_dropout, axis_name=self.axis_name, adaptive=torchvision, name=head
         )
         out[head] = classifier(x, train)
     x = global_avg_pool(x)  # the paper's 7x7/1 average pool at 224x224

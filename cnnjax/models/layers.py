@@ -1,7 +1,7 @@
 """Parameter-free layers and the names configs use for activations and norms.
 
-Everything here but Dropout (a module: it draws random masks) is a pure function of arrays (or of names), so it
-is property-tested directly.
+Everything here but Dropout (it draws random masks) and BatchNorm (it keeps running statistics) is a pure function
+of arrays (or of names), so it is property-tested directly.
 Pooling follows the Caffe/PyTorch arithmetic the papers' layer tables were computed with.
 """
 
@@ -137,9 +137,51 @@ ACTIVATIONS: dict[str, Callable] = {
   "gelu": nn.gelu,
 }
 
-# BatchNorm as torchvision and the papers' Caffe models use it: PyTorch momentum 0.1 is flax's 0.9.
-# The running statistics are buffers, not parameters: they live in the 'batch_stats' collection.
-BATCH_NORM = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
+
+class BatchNorm(nn.Module):
+  """Batch normalisation (Ioffe & Szegedy 2015) as the papers' Caffe and Torch models and PyTorch keep it.
+
+  Training normalises by the batch's own mean and (biased) variance, and the running statistics average the
+  batch's mean and its *unbiased* variance, n/(n-1) times the biased one (the paper's Algorithm 2, step 10;
+  Caffe's and PyTorch's BatchNorm): flax's nn.BatchNorm keeps the biased one, and a step of it differs from
+  PyTorch's. n counts every value a channel's statistics are over: the global batch (over `axis_name`'s devices)
+  times the map's positions. `momentum` weighs the old running value (PyTorch's momentum 0.1 is 0.9 here).
+  Parameters 'scale' and 'bias', statistics 'mean' and 'var' in the 'batch_stats' collection, as flax's.
+  """
+
+  use_running_average: bool = False
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  axis_name: str | None = None
+  scale_init: Callable = nn.initializers.ones  # zeros: a residual branch that starts as nothing (Goyal et al.)
+
+  @nn.compact
+  def __call__(self, x):
+    channels = x.shape[-1]
+    running_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,), jnp.float32)
+    running_var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
+    scale = self.param("scale", self.scale_init, (channels,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
+    wide = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # statistics in float32 at least (bfloat16 runs)
+    if self.use_running_average:
+      mean, var = running_mean.value, running_var.value
+    else:
+      axes = tuple(range(x.ndim - 1))
+      moments = jnp.stack([wide.mean(axes), jnp.square(wide).mean(axes)])  # one all-reduce for both
+      count = math.prod(x.shape[:-1])
+      if self.axis_name is not None:
+        moments, count = lax.pmean(moments, self.axis_name), count * lax.psum(1, self.axis_name)
+      mean, var = moments[0], jnp.maximum(moments[1] - jnp.square(moments[0]), 0.0)
+      if not self.is_initializing():
+        keep = self.momentum
+        running_mean.value = keep * running_mean.value + (1 - keep) * mean
+        running_var.value = keep * running_var.value + (1 - keep) * var * (count / jnp.maximum(count - 1, 1))
+    y = (wide - mean) * (lax.rsqrt(var + self.epsilon) * scale) + bias
+    return y.astype(jnp.result_type(x, scale))
+
+
+# BatchNorm as torchvision and the papers' Caffe models use it (PyTorch's momentum 0.1, epsilon 1e-5).
+BATCH_NORM = functools.partial(BatchNorm, momentum=0.9, epsilon=1e-5)
 
 
 def activation(name: str) -> Callable:

@@ -193,9 +193,9 @@ def from_torchvision(name: str, weights, **options):
   return model, load_state(model, name, state)
 
 
-def load_state(model, name: str, state: dict[str, np.ndarray]) -> dict:
-  """`state` (torchvision's names, numpy arrays) as the variables of the zoo's `model`; WeightsError unless every
-  tensor of each side has its counterpart, of the right shape."""
+def load_state(model, name: str, state: dict[str, np.ndarray], dtype=np.float32) -> dict:
+  """`state` (torchvision's names, numpy arrays) as the variables of the zoo's `model`, arrays of `dtype` (float64
+  for a float64 model); WeightsError unless every tensor of each side has its counterpart, of the right shape."""
   network_family = family(name)
   module_name, grids = MODULE_NAMES[network_family], FLATTENED_GRID.get(network_family, {})
   shapes = _variable_shapes(model, registry.input_shape(name))
@@ -208,7 +208,7 @@ def load_state(model, name: str, state: dict[str, np.ndarray]) -> dict:
         missing.append(key)
         continue
       used.add(key)
-      array = _convert(np.asarray(state[key], np.float32), keys[-1], grids.get("/".join(keys[:-1])))
+      array = _convert(np.asarray(state[key], dtype), keys[-1], grids.get("/".join(keys[:-1])))
       if array.shape != target.shape:
         misshaped.append(f"{key} {tuple(state[key].shape)} (the model's {'/'.join(keys)} needs {target.shape})")
         continue
