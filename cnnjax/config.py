@@ -62,6 +62,8 @@ def base() -> ml_collections.ConfigDict:
   config.log_every_steps = 100
   config.eval_every_epochs = 1.0
   config.eval_every_steps = 0  # when set, overrides eval_every_epochs
+  # the test crops, softmax averaged over them: center | ten_crop (AlexNet's) | googlenet144 (docs/protocols.md)
+  config.eval_protocol = "center"
   config.checkpoint_every_steps = 0  # 0: at every evaluation
   config.keep_checkpoints = 3
   return config
@@ -169,6 +171,7 @@ CHOICES = {
   "dtype": ("float32", "bfloat16", "float64"),
   "bad_images": ("skip", "stop"),
   "trainable": ("all", "head"),
+  "eval_protocol": ("center", "ten_crop", "googlenet144"),
 }
 
 

@@ -61,7 +61,7 @@ def main(argv):
     train.train_and_evaluate(config, workdir)
   else:
     result = train.evaluate(config, workdir)
-    print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
+    print(" ".join(f"{k} {v:.4f}" if k.startswith("eval_") else f"{k} {v}" for k, v in result.items()))
 
 
 if __name__ == "__main__":

@@ -19,10 +19,10 @@ import optax
 from flax.training import train_state
 from jax import lax
 
-from cnnjax import checkpoint, data, metrics, models, optim, stopping
+from cnnjax import checkpoint, data, evaluation, metrics, models, optim, stopping
 from cnnjax import config as config_lib
 from cnnjax import workdir as workdir_lib
-from cnnjax.devices import AXIS, device_mesh, dispatched, layout_of, prefetch_to_device, replicate
+from cnnjax.devices import AXIS, device_mesh, layout_of, prefetch_to_device, replicate
 from cnnjax.errors import TrainingDiverged
 from cnnjax.init_from import start_from
 from cnnjax.models.outputs import auxiliary_logits
@@ -126,24 +126,6 @@ def train_step(state: TrainState, batch, step_config: StepConfig):
   )
 
 
-def eval_step(state: TrainState, batch, step_config: StepConfig):
-  """Masked sums over this batch, across devices: loss, top-1 and top-5 hits, examples."""
-  images = data.normalize(batch["image"], step_config.mean, step_config.std).astype(step_config.compute_dtype)
-  params = jax.tree.map(lambda p: p.astype(step_config.compute_dtype), state.params)
-  logits, _ = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, images, train=False)
-  logits = logits.astype(jnp.float32)
-  mask, labels = batch["mask"], batch["label"]
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  top5 = jnp.any(lax.top_k(logits, min(5, logits.shape[-1]))[1] == labels[:, None], axis=-1)
-  sums = {
-    "loss": jnp.sum(losses * mask),
-    "accuracy": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
-    "top5": jnp.sum(top5 * mask),
-    "count": jnp.sum(mask),
-  }
-  return lax.psum(sums, AXIS)
-
-
 def pmapped_steps(step_config: StepConfig, devices=None):
   """(train_step, eval_step) pmapped over `devices` (default: the local devices) with axis name 'batch'.
 
@@ -155,7 +137,7 @@ def pmapped_steps(step_config: StepConfig, devices=None):
     bound = functools.partial(step, step_config=step_config)
     return jax.pmap(bound, axis_name=AXIS, in_axes=(None, 0), out_axes=out_axes, devices=devices, **donate)
 
-  return pmapped(train_step, (None, None), donate_argnums=(0,)), pmapped(eval_step, None)
+  return pmapped(train_step, (None, None), donate_argnums=(0,)), pmapped(evaluation.eval_step, None)
 
 
 @dataclasses.dataclass
@@ -178,6 +160,7 @@ def build(config, dataset: data.Dataset | None = None) -> Run:
   """Dataset (the config's, unless given), model, schedule and optimizer; raises ValueError / DatasetError
   for a bad config."""
   config_lib.validate(config)
+  data.check_protocol(config.eval_protocol, data.style(config.dataset), input_shape(config))
   dataset = dataset or data.load(config.dataset, config.data_dir or None, config.bad_images)
   if config.classes or config.shots:
     dataset = data.subset(dataset, config.classes, config.shots)
@@ -214,17 +197,6 @@ def initial_state(run: Run) -> TrainState:
   return create_train_state(model, run.optimizer, shape=input_shape(config), seed=config.seed, dtype=master)
 
 
-def evaluate_state(p_eval, state, run: Run) -> dict:
-  """Loss, accuracy and top-5 over the whole test split (each example once)."""
-  stream = data.eval_batches(run.dataset, input_shape(run.config), run.layout, workers=run.config.workers)
-  with data.reading(stream) as batches:
-    sums = functools.reduce(lambda a, b: jax.tree.map(jnp.add, a, b), (dispatched(p_eval, state, b) for b in batches))
-  sums = jax.tree.map(float, jax.device_get(sums))
-  # top-5 only where there are more than 10 classes: of 10 or fewer it says little
-  shown = ("loss", "accuracy", "top5") if run.dataset.num_classes > 10 else ("loss", "accuracy")
-  return {f"eval_{k}": sums[k] / sums["count"] for k in shown}
-
-
 def train_and_evaluate(config, workdir: str) -> dict:
   """Train `config` in `workdir`, resuming from its latest checkpoint; returns the final summary.
 
@@ -248,7 +220,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
         writer.note(_start_line(run, int(state.step), workdir))
         steps = pmapped_steps(run.step_config)
         state, last_eval = _train_loop(run, state, data_state, steps=steps, ckpt=ckpt, claim=claim, writer=writer)
-        last_eval = last_eval or evaluate_state(steps[1], state, run)  # resumed after the last step: what was restored
+        last_eval = last_eval or evaluation.evaluate_state(
+          steps[1], state, run
+        )  # resumed after the last step: what was restored
         wall_time = round(time.time() - start, 1)
         summary = {"final_step": int(state.step), **last_eval, "wall_time_s": wall_time, "workdir": workdir}
         writer.finish(summary)
@@ -292,7 +266,7 @@ def _train_loop(run: Run, state, data_state, steps, ckpt: checkpoint.Checkpointe
           _log_train(pending, step, run, writer=writer, progress=progress)  # a NaN raises before anything is saved
           pending = []
         if (step % eval_every == 0 or at_end) and not stop:  # a stop request does not wait for an evaluation
-          last_eval = evaluate_state(p_eval, state, run)
+          last_eval = evaluation.evaluate_state(p_eval, state, run)
           writer.write({"step": step, "epoch": step / run.steps_per_epoch, **last_eval})
           progress.eval(step, last_eval)
         if checkpoint_now:
@@ -346,4 +320,5 @@ def evaluate(config, workdir: str) -> dict:
   """Evaluate the latest checkpoint of `workdir` on the full test split."""
   run = build(config)
   state = replicate(latest_state(run, workdir), device_mesh())
-  return {"step": int(state.step), **evaluate_state(pmapped_steps(run.step_config)[1], state, run)}
+  result = evaluation.timed(pmapped_steps(run.step_config)[1], state, run)
+  return {"step": int(state.step), "protocol": config.eval_protocol, **result}

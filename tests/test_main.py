@@ -326,7 +326,7 @@ def test_a_workdir_is_evaluated_on_another_dataset_with_its_own_config_and_overr
   mine = f"--config.dataset=imagefolder:{tmp_path / 'mine'}"
   evaluated = run("--mode=eval", f"--workdir={workdir}", mine, "--config.batch_size=16")
   assert evaluated.returncode == 0, evaluated.stderr
-  assert evaluated.stdout.strip().splitlines()[-1].startswith("step 2 eval_loss ")
+  assert evaluated.stdout.strip().splitlines()[-1].startswith("step 2 protocol center eval_loss ")
   refused = run("--mode=eval", f"--workdir={workdir}", "--config.model=alexnet")
   assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [
     "error: --config.model: a workdir is evaluated as the network it trained; give a --config to change it"

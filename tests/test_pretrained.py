@@ -176,45 +176,48 @@ def test_convert_then_predict_gives_torchvisions_probabilities_through_its_own_p
   assert [t["label"] for t in result["top"]] == [_IMAGENET_CATEGORIES[i] for i in order]
 
 
-def test_a_converted_workdir_evaluates_on_imagenet_as_torchvision_does(small_tfds, tmp_path):
+@pytest.mark.parametrize("protocol", ["center", "ten_crop"])
+def test_a_converted_workdir_evaluates_on_imagenet_as_torchvision_does(small_tfds, tmp_path, protocol):
+  """--mode=eval of torchvision's weights, one centre crop or AlexNet's ten (softmax averaged), against torchvision's
+  model on its own Resize(256) + CenterCrop(224) or TenCrop(224) of the same decoded images."""
   from PIL import Image
   from torchvision import transforms
 
-  from cnnjax import data
+  from cnnjax import config as config_lib
+  from cnnjax import data, train
 
   torch_model = torchvision_model("resnet18")
   save_file({k: v.contiguous() for k, v in torch_model.state_dict().items()}, tmp_path / "resnet18.safetensors")
-  assert (
-    command(
-      "cnnjax.convert",
-      "--model=resnet18",
-      f"--weights={tmp_path / 'resnet18.safetensors'}",
-      f"--workdir={tmp_path / 'w'}",
-    ).returncode
-    == 0
-  )
+  weights, workdir = tmp_path / "resnet18.safetensors", tmp_path / "w"
+  assert command("cnnjax.convert", "--model=resnet18", f"--weights={weights}", f"--workdir={workdir}").returncode == 0
+  env = {**os.environ, "TFDS_DATA_DIR": small_tfds}
   evaluated = command(
-    "cnnjax.main", "--mode=eval", f"--workdir={tmp_path / 'w'}", env={**os.environ, "TFDS_DATA_DIR": small_tfds}
+    "cnnjax.main", "--mode=eval", f"--workdir={workdir}", f"--config.eval_protocol={protocol}", env=env
   )
   assert evaluated.returncode == 0, evaluated.stderr
-  result = dict(zip(*[iter(evaluated.stdout.split()[-8:])] * 2))
+  result = dict(zip(*[iter(evaluated.stdout.splitlines()[-1].split())] * 2))
   # torchvision on the same decoded validation images, through its own preprocessing
   validation = data.load("imagenet2012", small_tfds).test
-  preprocess = transforms.Compose(
-    [
-      transforms.Resize(256),
-      transforms.CenterCrop(224),
-      transforms.ToTensor(),
-      transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-    ]
+  crops = transforms.TenCrop(224) if protocol == "ten_crop" else (lambda image: [transforms.CenterCrop(224)(image)])
+  to_input = transforms.Compose(
+    [transforms.ToTensor(), transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
   )
-  images = torch.stack([preprocess(Image.fromarray(validation[i]["image"])) for i in range(len(validation))])
+  probabilities = []
+  for i in range(len(validation)):
+    views = torch.stack([to_input(c) for c in crops(transforms.Resize(256)(Image.fromarray(validation[i]["image"])))])
+    with torch.no_grad():
+      probabilities.append(torch.softmax(torch_model(views).double(), -1).mean(0))
+  probabilities = torch.stack(probabilities)
   labels = torch.tensor([validation[i]["label"] for i in range(len(validation))])
-  with torch.no_grad():
-    logits = torch_model(images)
-  assert result["step"] == "0" and len(validation) == 6
-  assert float(result["eval_loss"]) == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-3)
-  assert float(result["eval_accuracy"]) == pytest.approx((logits.argmax(-1) == labels).float().mean().item(), abs=1e-4)
+  loss = -torch.log(probabilities[torch.arange(len(labels)), labels]).mean().item()
+  assert result["step"] == "0" and result["protocol"] == protocol and len(validation) == 6
+  assert float(result["eval_loss"]) == pytest.approx(loss, rel=1e-3)  # (printed to 4 decimals)
+  assert float(result["eval_accuracy"]) == pytest.approx((probabilities.argmax(-1) == labels).double().mean().item())
+  assert float(result["views_per_s"]) > 0
+  config = config_lib.from_workdir(
+    str(workdir), [f"--config.eval_protocol={protocol}", f"--config.data_dir={small_tfds}"]
+  )
+  assert train.evaluate(config, str(workdir))["eval_loss"] == pytest.approx(loss, rel=1e-4)  # unrounded
 
 
 def test_fine_tuning_from_a_torchvision_file_starts_from_its_body_with_a_new_head(tmp_path, capsys):

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from cnnjax import checkpoint, data, devices, errors, optim, train
+from cnnjax import checkpoint, data, devices, errors, evaluation, optim, train
 from cnnjax import config as config_lib
 
 from helpers import load_config
@@ -65,7 +65,7 @@ def test_every_family_trains(name, arg, overrides, tfds_dir):
   ]
   assert not without, f"parameters without a gradient: {without}"
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.params))  # fp32 master weights in bf16 runs
-  assert np.isfinite(train.evaluate_state(p_eval, state, run)["eval_loss"])
+  assert np.isfinite(evaluation.evaluate_state(p_eval, state, run)["eval_loss"])
 
 
 def tiny_vgg(tfds_dir, dtype: str):
@@ -304,7 +304,7 @@ def test_top5_beyond_ten_classes_is_the_share_of_labels_among_the_five_largest_l
   layout = data.Layout(16, jax.local_device_count())
   run = train.Run(config, dataset, layout, steps_per_epoch=1, step_config=step_config, optimizer=optax.sgd(0.0))
   state = train.TrainState.create(apply_fn=model.apply, params={}, batch_stats={}, tx=optax.sgd(0.0))
-  result = train.evaluate_state(train.pmapped_steps(step_config)[1], state, run)
+  result = evaluation.evaluate_state(train.pmapped_steps(step_config)[1], state, run)
 
   logits = images[:, 0, :, 0].astype(int)
   assert result["eval_accuracy"] == sum(np.argmax(logits[i]) == labels[i] for i in range(n)) / n

@@ -13,6 +13,7 @@ collectives in the eval step line up.
 
 import contextlib
 import dataclasses
+import functools
 import math
 
 import grain
@@ -76,7 +77,37 @@ def fit_example(
   return transforms.to_channels(image, channels)
 
 
-def read_batch(source, indices, input_shape, style: str, train: bool, rng=None, first: int = 0) -> dict:
+# How many views of each test image an evaluation protocol averages
+PROTOCOL_VIEWS = {"center": 1, "ten_crop": 10, "googlenet144": 144}
+
+
+def check_protocol(protocol: str, style: str, input_shape):
+  """ValueError, in one line, for a test protocol the dataset's images do not allow."""
+  if protocol == "ten_crop" and style not in ("imagenet", "cifar"):
+    raise ValueError(
+      "eval_protocol 'ten_crop' needs ImageNet-style photos or CIFAR-style images (cropped from their 4-pixel "
+      "padding); this dataset's images are only resized or padded to the model"
+    )
+  if protocol == "googlenet144" and style != "imagenet":
+    raise ValueError("eval_protocol 'googlenet144' needs ImageNet-style photos (4 scales of 1.1 to 1.6x the input)")
+
+
+def eval_views(image: np.ndarray, input_shape, style: str, protocol: str) -> np.ndarray:
+  """The crops of one test image a protocol averages over, uint8 [views, H, W, C]: AlexNet's ten (the shorter side
+  at 256/224 of the input; a CIFAR image padded by 4 pixels, as its training crops are drawn) or GoogLeNet's 144."""
+  size, _, channels = input_shape
+  if protocol == "ten_crop" and style == "cifar":
+    views = transforms.ten_crop(transforms.center_pad(image, size + 8), size, size + 8)
+  elif protocol == "ten_crop":
+    views = transforms.ten_crop(image, size, round(size * 256 / 224))
+  else:
+    views = transforms.googlenet_crops(image, size)
+  return transforms.to_channels(views, channels)
+
+
+def read_batch(
+  source, indices, input_shape, style: str, train: bool, rng=None, first: int = 0, protocol: str = "center"
+) -> dict:
   """Examples `indices` of `source` as {'image': uint8 [B, H, W, C], 'label': int32 [B]}.
 
   In-memory sources hand over whole arrays (`read_batch` of their own); tfds sources read their records
@@ -86,7 +117,8 @@ def read_batch(source, indices, input_shape, style: str, train: bool, rng=None, 
   numbered across all its spawns, so they would depend on what this process spawned before.)
   """
   indices = np.asarray(indices)
-  if hasattr(source, "read_batch") and source.image_shape == tuple(input_shape) and style != "imagenet":
+  direct = style != "imagenet" and protocol == "center"
+  if hasattr(source, "read_batch") and source.image_shape == tuple(input_shape) and direct:
     return source.read_batch(indices)
   records = (
     source.__getitems__(indices.tolist()) if hasattr(source, "__getitems__") else [source[int(i)] for i in indices]
@@ -95,12 +127,15 @@ def read_batch(source, indices, input_shape, style: str, train: bool, rng=None, 
   if rng is not None and style == "imagenet" and train:
     key = int(rng.integers(2**63))  # every host makes this one draw from the batch's generator
     rngs = [np.random.default_rng([key, first + i]) for i in range(len(records))]
-  images = [
-    r["image"]
-    if r["image"].shape == tuple(input_shape) and style != "imagenet"
-    else fit_example(r, input_shape, style=style, train=train, rng=g)
-    for r, g in zip(records, rngs)
-  ]
+  if protocol != "center":
+    images = [eval_views(r["image"], input_shape, style, protocol) for r in records]
+  else:
+    images = [
+      r["image"]
+      if r["image"].shape == tuple(input_shape) and direct
+      else fit_example(r, input_shape, style=style, train=train, rng=g)
+      for r, g in zip(records, rngs)
+    ]
   return {"image": np.stack(images), "label": np.array([r["label"] for r in records], np.int32)}
 
 
@@ -136,20 +171,21 @@ def eval_batch_count(num_examples: int, layout: Layout) -> int:
 
 
 def eval_batches(
-  dataset: Dataset, input_shape, layout: Layout, workers: int = 0, prefetch: int = 4
+  dataset: Dataset, input_shape, layout: Layout, workers: int = 0, prefetch: int = 4, protocol: str = "center"
 ) -> grain.IterDataset:
-  """The test split once, in order, this host's share; each batch has 'mask' (1 real, 0 padding)."""
-  input_shape, test = tuple(input_shape), dataset.test
+  """The test split once, in order, this host's share; each batch has 'mask' (1 real, 0 padding). With a protocol
+  of several views, 'image' is [..., views, H, W, C]."""
+  input_shape, test, style = tuple(input_shape), dataset.test, dataset.spec.style
   slots = eval_batch_count(len(test), layout) * layout.local_batch
+  views = PROTOCOL_VIEWS[protocol]
 
   def load(slot_indices):
     indices = layout.process_index + np.asarray(slot_indices) * layout.process_count
     real = indices[indices < len(test)]
-    batch = (
-      read_batch(test, real, input_shape=input_shape, style=dataset.spec.style, train=False) if len(real) else None
-    )
+    read = functools.partial(read_batch, input_shape=input_shape, style=style, train=False, protocol=protocol)
+    batch = read(test, real) if len(real) else None
     padding = len(indices) - len(real)
-    images = np.zeros((len(indices), *input_shape), np.uint8)
+    images = np.zeros((len(indices), *([views] if views > 1 else []), *input_shape), np.uint8)
     labels = np.zeros(len(indices), np.int32)
     if batch is not None:
       images[: len(real)], labels[: len(real)] = batch["image"], batch["label"]

@@ -71,21 +71,111 @@ def random_resized_crop(image: np.ndarray, rng: np.random.Generator, size: int, 
   return out[:, ::-1] if flip and rng.random() < 0.5 else out
 
 
+# The ImageNet training set's RGB covariance as fb.resnet.torch gives it, for pixels in [0, 1]: eigenvalues and
+# eigenvectors (one per column; rows R, G, B).
+PCA_EIGENVALUES = np.array([0.2175, 0.0188, 0.0045])
+PCA_EIGENVECTORS = np.array([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]])
+
+
+def lighting_shift(rng: np.random.Generator, std: float = 0.1) -> np.ndarray:
+  """AlexNet's colour shift (Krizhevsky et al. 2012, section 4.1) for one image, in 0..255 pixel units: sum_i
+  alpha_i lambda_i p_i with alpha_i ~ N(0, std), times 255 (the eigenvalues are for pixels in [0, 1])."""
+  return 255 * PCA_EIGENVECTORS @ (rng.normal(0.0, std, 3) * PCA_EIGENVALUES)
+
+
+def lighting(image: np.ndarray, rng: np.random.Generator, std: float = 0.1) -> np.ndarray:
+  """`image` (uint8 RGB) with AlexNet's colour shift added to every pixel, rounded and clipped to uint8 (it
+  stays uint8 on the host: the shift, a few levels, loses its fraction)."""
+  shifted = image.astype(np.float32) + lighting_shift(rng, std).astype(np.float32)
+  return np.clip(np.round(shifted), 0, 255).astype(np.uint8)
+
+
+def scale_crop_window(height: int, width: int, rng: np.random.Generator, size: int, shorter=(256, 512)):
+  """(S, top, left, flip) of a scale-jittered crop: S drawn uniformly from the integers of `shorter`, then a
+  size x size window of the image resized to shorter side S, mirrored half the time."""
+  scale = int(rng.integers(shorter[0], shorter[1] + 1))
+  h, w = (scale, int(scale * width / height)) if height <= width else (int(scale * height / width), scale)
+  return scale, int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1)), bool(rng.random() < 0.5)
+
+
+def random_scale_crop(image: np.ndarray, rng: np.random.Generator, size: int, shorter=(256, 512)) -> np.ndarray:
+  """VGG's scale jittering (Simonyan & Zisserman, section 3.1; ResNet's scale augmentation with (256, 480)): the
+  shorter side resized to a random S in `shorter`, a random size x size crop, flipped half the time."""
+  scale, y, x, flip = scale_crop_window(*image.shape[:2], rng, size, shorter)
+  out = resize_shorter(image, scale)[y : y + size, x : x + size]
+  return out[:, ::-1] if flip else out
+
+
+def resize_shorter(image: np.ndarray, shorter: int) -> np.ndarray:
+  """The image resized so that its shorter side is `shorter`: torchvision's Resize(int) to the pixel, the longer
+  side truncated (int, not round)."""
+  h, w = image.shape[:2]
+  if h <= w:
+    return resize(image, shorter, int(shorter * w / h))
+  return resize(image, int(shorter * h / w), shorter)
+
+
+def crop_boxes(height: int, width: int, size: int) -> list[tuple[int, int]]:
+  """(top, left) of the four corner crops and the centre crop of `size`, in torchvision's FiveCrop order:
+  top-left, top-right, bottom-left, bottom-right, centre (its offset rounded half to even, as CenterCrop)."""
+  bottom, right = height - size, width - size
+  return [(0, 0), (0, right), (bottom, 0), (bottom, right), (round(bottom / 2.0), round(right / 2.0))]
+
+
 def resize_shorter_center_crop(image: np.ndarray, size: int, shorter: int | None = None) -> np.ndarray:
   """ImageNet evaluation: resize the shorter side to `shorter` (256 for a 224 crop), then a central size x size crop.
 
   torchvision's arithmetic to the pixel (Resize(256) and CenterCrop(224) on a PIL image), so torchvision's weights
-  see what they were evaluated on: the longer side truncated (int, not round), the crop's offset rounded half to even.
+  see what they were evaluated on.
   """
-  shorter = shorter or round(size * 256 / 224)
-  h, w = image.shape[:2]
-  if h <= w:
-    image = resize(image, max(size, shorter), max(size, int(shorter * w / h)))
-  else:
-    image = resize(image, max(size, int(shorter * h / w)), max(size, shorter))
-  h, w = image.shape[:2]
-  y, x = round((h - size) / 2.0), round((w - size) / 2.0)
+  image = resize_shorter(image, max(size, shorter or round(size * 256 / 224)))
+  y, x = crop_boxes(*image.shape[:2], size)[4]
   return image[y : y + size, x : x + size]
+
+
+def ten_crop(image: np.ndarray, size: int = 224, shorter: int = 256) -> np.ndarray:
+  """AlexNet's test crops (Krizhevsky et al. 2012, section 4.1): the shorter side resized to `shorter`, the four
+  corner and the centre size x size patches, then the same five of the mirrored image; uint8 [10, size, size, C]
+  in torchvision's Resize(shorter) + TenCrop(size) order."""
+  image = resize_shorter(image, shorter)
+  crops = [
+    view[y : y + size, x : x + size] for view in (image, image[:, ::-1]) for y, x in crop_boxes(*image.shape[:2], size)
+  ]
+  return np.stack(crops)
+
+
+GOOGLENET_SCALES = (256, 288, 320, 352)  # GoogLeNet section 7: the shorter sides of its 144-crop test
+
+
+def googlenet_boxes(height: int, width: int, size: int = 224) -> list[tuple[int, tuple[int, int], tuple[int, int]]]:
+  """The 24 crops per scale of GoogLeNet's test, before mirroring, for a `height` x `width` image: (shorter side S,
+  (top, left) of an S x S square in the image resized to S, (top, left) of a size x size crop in that square, or
+  None for the whole square resized to `size`). Squares: left, centre, right (top, centre, bottom if portrait);
+  crops: the four corners, the centre, the square itself."""
+  boxes = []
+  for scale in (round(s * size / 224) for s in GOOGLENET_SCALES):  # 256..352 for 224; in proportion for others
+    long_side = int(scale * max(height, width) / min(height, width))
+    offsets = (0, round((long_side - scale) / 2.0), long_side - scale)
+    squares = [(0, o) if width >= height else (o, 0) for o in offsets]
+    for square in squares:
+      boxes.extend((scale, square, crop) for crop in [*crop_boxes(scale, scale, size), None])
+  return boxes
+
+
+def googlenet_crops(image: np.ndarray, size: int = 224) -> np.ndarray:
+  """GoogLeNet's 144 test crops (Szegedy et al. 2014, section 7): at each of 4 scales, 3 squares, from each the 4
+  corners, the centre and the square resized, and the mirror of each: uint8 [144, size, size, C], for each scale
+  and square its six crops, then their six mirrors."""
+  resized, crops = {}, []
+  for scale, (top, left), crop in googlenet_boxes(*image.shape[:2], size):
+    if scale not in resized:
+      resized[scale] = resize_shorter(image, scale)
+    square = resized[scale][top : top + scale, left : left + scale]
+    crops.append(
+      resize(square, size, size) if crop is None else square[crop[0] : crop[0] + size, crop[1] : crop[1] + size]
+    )
+  crops = np.stack(crops).reshape(len(GOOGLENET_SCALES) * 3, 6, size, size, -1)
+  return np.concatenate([crops, crops[:, :, :, ::-1]], axis=1).reshape(-1, size, size, image.shape[2])
 
 
 def center_pad(image: np.ndarray, size: int) -> np.ndarray:
