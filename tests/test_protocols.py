@@ -157,3 +157,14 @@ def test_a_protocol_the_images_do_not_allow_is_refused_in_one_line(tmp_path):
   assert (
     result.stderr.strip().splitlines()[-1].startswith("error: eval_protocol 'ten_crop' needs ImageNet-style photos")
   )
+
+
+def test_cifar_images_take_their_ten_crops_from_the_4_pixel_padding_by_hand():
+  image = photo(32, 32)
+  padded = np.zeros((40, 40, 3), np.uint8)
+  padded[4:36, 4:36] = image
+  views = pipeline.eval_views(image, (32, 32, 3), "cifar", "ten_crop")
+  corners = [(0, 0), (0, 8), (8, 0), (8, 8), (4, 4)]  # the centre crop is the image itself
+  expected = [view[y : y + 32, x : x + 32] for view in (padded, padded[:, ::-1]) for y, x in corners]
+  np.testing.assert_array_equal(views, np.stack(expected))
+  np.testing.assert_array_equal(views[4], image)

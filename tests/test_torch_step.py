@@ -220,13 +220,15 @@ def _sgd_with_decay_outside_momentum(config, learning_rate_fn, classifier=None):
   )
 
 
+SCHEDULE = optim.schedule  # the real one, which the planted schedule below wraps
+
+
 def _schedule_decaying_a_step_late(config, steps_per_epoch):
   late = config.copy_and_resolve_references()
   late.lr_decay_steps = tuple(b + 1 for b in config.lr_decay_steps)
-  return PLANTED_ORIGINALS["schedule"](late, steps_per_epoch)
+  return SCHEDULE(late, steps_per_epoch)
 
 
-PLANTED_ORIGINALS = {"schedule": optim.schedule}
 # each mistake, and where the comparison first sees it
 PLANTED = {
   "the learning rate inside the momentum": (
