@@ -28,7 +28,9 @@ def base() -> ml_collections.ConfigDict:
   config.data_dir = ""  # tfds data directory; empty: TFDS_DATA_DIR or ~/tensorflow_datasets
   config.image_size = 224
   config.channels = 3
-  config.augment = True
+  # the training recipe (cnnjax/data/recipes.py): alexnet | vgg | resnet | inception (the default: any photos) for
+  # ImageNet-style photos, cifar for CIFAR-style images, none
+  config.augment = "inception"
   config.workers = 0  # grain worker processes (image decoding); 0 reads in a background thread
   config.classes = ()  # a subset of the dataset's classes (label indices, renumbered 0.. in this order); (): all
   config.shots = 0  # the first `shots` training examples of each class; 0: all (few-shot transfer tasks)
@@ -62,8 +64,10 @@ def base() -> ml_collections.ConfigDict:
   config.log_every_steps = 100
   config.eval_every_epochs = 1.0
   config.eval_every_steps = 0  # when set, overrides eval_every_epochs
-  # the test crops, softmax averaged over them: center | ten_crop (AlexNet's) | googlenet144 (docs/protocols.md)
+  # the test's views, softmax averaged over them: center | ten_crop (AlexNet's) | googlenet144 | dense (the whole
+  # image at each of eval_scales and mirrored; docs/protocols.md)
   config.eval_protocol = "center"
+  config.eval_scales = (256, 384, 512)  # dense: the shorter sides, for a 224 input (VGG's; ResNet's in its config)
   config.checkpoint_every_steps = 0  # 0: at every evaluation
   config.keep_checkpoints = 3
   return config
@@ -87,6 +91,7 @@ def from_workdir(workdir: str, overrides=()) -> ml_collections.ConfigDict:
   `--config.FIELD=VALUE` `overrides` of what evaluating it may change (the dataset, the batch size, ...)."""
   import json
 
+  from cnnjax import data
   from cnnjax import workdir as workdir_lib
 
   path = workdir_lib.resolve(workdir) / "config.json"
@@ -96,6 +101,8 @@ def from_workdir(workdir: str, overrides=()) -> ml_collections.ConfigDict:
   unknown = sorted(set(saved) - set(config))
   if unknown:
     raise ValueError(f"{path} has field(s) this version does not know: {', '.join(unknown)}; give the run's --config")
+  if isinstance(saved.get("augment"), bool):  # workdirs made before recipes had names
+    saved["augment"] = OLD_AUGMENT[data.style(saved["dataset"])] if saved["augment"] else "none"
   for field, value in saved.items():
     if field != "model_options":
       config[field] = tuple(value) if isinstance(config[field], tuple) else value
@@ -105,6 +112,10 @@ def from_workdir(workdir: str, overrides=()) -> ml_collections.ConfigDict:
   for override in overrides:
     _override(config, override)
   return finish(config)
+
+
+# What `augment = True` meant, per dataset style, before the recipes had names
+OLD_AUGMENT = {"imagenet": "inception", "cifar": "cifar", "small": "none"}
 
 
 # What reading a workdir's checkpoints needs the same: the network and what its outputs mean. The dataset, the
@@ -171,7 +182,8 @@ CHOICES = {
   "dtype": ("float32", "bfloat16", "float64"),
   "bad_images": ("skip", "stop"),
   "trainable": ("all", "head"),
-  "eval_protocol": ("center", "ten_crop", "googlenet144"),
+  "eval_protocol": ("center", "ten_crop", "googlenet144", "dense"),
+  "augment": ("alexnet", "vgg", "resnet", "inception", "cifar", "none"),  # cnnjax/data/recipes.py
 }
 
 
@@ -189,6 +201,11 @@ def validate(config) -> None:
   for field, high in (("lr_decay_epochs", EPOCHS), ("lr_decay_steps", STEPS)):
     if any(not math.isfinite(v) or not 0 <= v < high for v in config[field]):
       raise ValueError(f"{field}={_show(config[field])} must list numbers from 0 to below {high}")
+  if (config.eval_protocol == "dense" and not config.eval_scales) or any(q < 224 for q in config.eval_scales):
+    raise ValueError(
+      f"eval_scales={_show(config.eval_scales)} must list shorter sides of at least 224 (for a 224 input; smaller "
+      "than the training crops leave fc6 no whole window)"
+    )
   if not (config.num_steps or config.num_epochs):
     raise ValueError("num_steps and num_epochs are both 0: there is nothing to train")
   import jax  # (here: the sweep driver reads configs without importing JAX)
@@ -314,6 +331,8 @@ def inert(config) -> dict[str, str]:
   aux = "aux_heads" in models.options(config.model) and config.model_options.get("aux_heads", True)
   if not aux:
     found["aux_loss_weight"] = f"model {config.model!r} is built without auxiliary classifiers"
+  if config.eval_protocol != "dense":
+    found["eval_scales"] = f"the eval_protocol is {config.eval_protocol!r}; scales belong to 'dense'"
   if data.style(config.dataset) == "small":
     found["augment"] = f"dataset {config.dataset!r} is never augmented (it is only resized or padded to the model)"
   if not config.dataset.startswith("imagefolder:"):

@@ -1,66 +1,190 @@
-"""Evaluation under a test protocol: masked sums of loss, top-1 and top-5 hits over the test split, each example
-once, from the softmax averaged over each image's views (one centre crop, AlexNet's ten crops, GoogLeNet's 144).
+"""Evaluation under a test protocol: loss, top-1 and top-5 over the test split, each example once, from the softmax
+averaged over each image's views (one centre crop, AlexNet's ten crops, GoogLeNet's 144, or dense: the whole image
+at several scales and mirrored), and over several networks for an ensemble.
 
-The pipeline (cnnjax.data, `eval_protocol`) makes the views; here they are scored. A protocol of many views takes
-as many images per step as the training batch, so an evaluation batch holds batch_size / views examples.
+The pipeline (cnnjax.data, `eval_protocol`) makes the views; here they are scored. The crop protocols run in the
+pmapped `eval_step` (masked sums, all-reduced); a protocol of many views takes as many images per step as the
+training batch, so an evaluation batch holds batch_size / views examples. Dense views differ in shape from image to
+image: they are grouped by shape and scored by a step compiled once per shape on this host's devices, which keeps
+each example's probabilities; so are ensembles, whose members' probabilities are averaged before scoring.
 """
 
+import collections
 import functools
 import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
 
-from cnnjax import data
-from cnnjax.devices import AXIS, dispatched, layout_of
+from cnnjax import data, models
+from cnnjax.data import recipes
+from cnnjax.devices import AXIS, batch_sharding, device_mesh, dispatched, layout_of
+from cnnjax.models import dense
 
 
-def eval_step(state, batch, step_config):
-  """Masked sums over this batch, across devices: loss, top-1 and top-5 hits, examples. Images of several views
-  ([B, views, H, W, C]) are scored by the mean of their views' softmax; one view's score is its own softmax."""
-  images = batch["image"]
+def _variables(state, step_config) -> dict:
+  params = jax.tree.map(lambda p: p.astype(step_config.compute_dtype), state.params)
+  return {"params": params, "batch_stats": state.batch_stats}
+
+
+def _log_softmax(logits):
+  return jax.nn.log_softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)))
+
+
+def view_scores(state, images, step_config):
+  """Log of the mean softmax over each image's views, [B, classes]: images [B, views, H, W, C] or [B, H, W, C]."""
   views = images.shape[1] if images.ndim == 5 else 1
   images = data.normalize(images.reshape(-1, *images.shape[-3:]), step_config.mean, step_config.std)
-  params = jax.tree.map(lambda p: p.astype(step_config.compute_dtype), state.params)
-  variables = {"params": params, "batch_stats": state.batch_stats}
-  logits, _ = state.apply_fn(variables, images.astype(step_config.compute_dtype), train=False)
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)))
-  # the log of the mean probability over each image's views
-  scores = jax.nn.logsumexp(log_probs.reshape(-1, views, log_probs.shape[-1]), axis=1) - jnp.log(views)
-  mask, labels = batch["mask"], batch["label"]
+  logits, _ = state.apply_fn(_variables(state, step_config), images.astype(step_config.compute_dtype), train=False)
+  log_probs = _log_softmax(logits)
+  return jax.nn.logsumexp(log_probs.reshape(-1, views, log_probs.shape[-1]), axis=1) - jnp.log(views)
+
+
+def metric_sums(scores, labels, mask) -> dict:
+  """Masked sums of the loss, top-1 and top-5 hits and the examples, for log-probability `scores` [B, classes]."""
   losses = -jnp.take_along_axis(scores, labels[:, None], axis=-1)[:, 0]
   top5 = jnp.any(lax.top_k(scores, min(5, scores.shape[-1]))[1] == labels[:, None], axis=-1)
-  sums = {
+  return {
     "loss": jnp.sum(losses * mask),
     "accuracy": jnp.sum((jnp.argmax(scores, -1) == labels) * mask),
     "top5": jnp.sum(top5 * mask),
     "count": jnp.sum(mask),
   }
-  return lax.psum(sums, AXIS)
+
+
+def eval_step(state, batch, step_config):
+  """Masked sums over this batch, across devices: loss, top-1 and top-5 hits, examples. Images of several views
+  ([B, views, H, W, C]) are scored by the mean of their views' softmax; one view's score is its own softmax."""
+  scores = view_scores(state, batch["image"], step_config)
+  return lax.psum(metric_sums(scores, batch["label"], batch["mask"]), AXIS)
+
+
+def _crop_layout(run) -> data.Layout:
+  """The run's layout, or for a protocol of V views one of batch_size / V examples (at least one per device)."""
+  layout, views = run.layout, data.views_per_image(run.config.eval_protocol)
+  if views == 1:
+    return layout
+  split = layout.process_count * layout.local_devices
+  return layout_of(max(split, layout.global_batch // views // split * split))
+
+
+def _input_shape(config) -> tuple[int, int, int]:
+  return config.image_size, config.image_size, config.channels
 
 
 def evaluate_state(p_eval, state, run) -> dict:
   """Loss, accuracy and top-5 over the whole test split (each example once) under the run's `eval_protocol`."""
-  config, views = run.config, data.PROTOCOL_VIEWS[run.config.eval_protocol]
-  layout = run.layout
-  if views > 1:  # batch_size views a step: fewer examples, at least one per device
-    split = layout.process_count * layout.local_devices
-    layout = layout_of(max(split, layout.global_batch // views // split * split))
-  shape = (config.image_size, config.image_size, config.channels)
-  stream = data.eval_batches(run.dataset, shape, layout, config.workers, protocol=config.eval_protocol)
+  if run.config.eval_protocol == "dense":
+    return summarize(*probabilities(state, run), run.dataset.num_classes)
+  config = run.config
+  stream = data.eval_batches(
+    run.dataset, _input_shape(config), _crop_layout(run), config.workers, protocol=config.eval_protocol
+  )
   with data.reading(stream) as batches:
     sums = functools.reduce(lambda a, b: jax.tree.map(jnp.add, a, b), (dispatched(p_eval, state, b) for b in batches))
-  sums = jax.tree.map(float, jax.device_get(sums))
+  return _shown(jax.tree.map(float, jax.device_get(sums)), run.dataset.num_classes)
+
+
+def _shown(sums: dict, num_classes: int) -> dict:
   # top-5 only where there are more than 10 classes: of 10 or fewer it says little
-  shown = ("loss", "accuracy", "top5") if run.dataset.num_classes > 10 else ("loss", "accuracy")
+  shown = ("loss", "accuracy", "top5") if num_classes > 10 else ("loss", "accuracy")
   return {f"eval_{k}": sums[k] / sums["count"] for k in shown}
 
 
-def timed(p_eval, state, run) -> dict:
-  """`evaluate_state`, and its cost: the protocol's views scored per second (the first evaluation of a process
-  includes compiling its step)."""
+def summarize(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
+  """The metrics of this host's examples' mean probabilities `probs` [n, classes], summed over every host."""
+  sums = metric_sums(jnp.log(jnp.asarray(probs, jnp.float32)), jnp.asarray(labels), jnp.ones(len(labels)))
+  totals = np.array([float(sums[k]) for k in ("loss", "accuracy", "top5", "count")])
+  if jax.process_count() > 1:
+    totals = np.asarray(multihost_utils.process_allgather(totals)).sum(0)
+  return _shown(dict(zip(("loss", "accuracy", "top5", "count"), totals)), num_classes)
+
+
+def probabilities(state, run) -> tuple[np.ndarray, np.ndarray]:
+  """(mean probabilities [n, classes] float64, labels [n]) of this host's test examples under the run's protocol,
+  in the order of its share of the test split (every host's order is fixed: an ensemble's members line up)."""
+  step_config, mesh = run.step_config, device_mesh()
+  if run.config.eval_protocol == "dense":
+    return _dense_probabilities(state, run, mesh)
+  score = jax.jit(lambda s, images: jnp.exp(view_scores(s, images.reshape(-1, *images.shape[2:]), step_config)))
+  config, kept, labels = run.config, [], []
+  stream = data.eval_batches(
+    run.dataset, _input_shape(config), _crop_layout(run), config.workers, protocol=config.eval_protocol
+  )
+  with data.reading(stream) as batches:
+    for batch in batches:
+      real = batch["mask"].reshape(-1) > 0
+      images = jax.device_put(batch["image"], batch_sharding(mesh))
+      kept.append(np.asarray(score(state, images), np.float64)[real])
+      labels.append(batch["label"].reshape(-1)[real])
+  return np.concatenate(kept), np.concatenate(labels)
+
+
+def dense_step(state, images, step_config):
+  """Mean probabilities [B, classes] of uint8 images [B, H, W, C] and their mirrors, each scored by its whole
+  class-score map averaged (models/dense.py)."""
+  x = data.normalize(images, step_config.mean, step_config.std).astype(step_config.compute_dtype)
+  logits = dense.dense_logits(models.unsynchronised(step_config.model), _variables(state, step_config), x)
+  mirrored = dense.dense_logits(models.unsynchronised(step_config.model), _variables(state, step_config), x[:, :, ::-1])
+  return (jnp.exp(_log_softmax(logits)) + jnp.exp(_log_softmax(mirrored))) / 2
+
+
+def _dense_probabilities(state, run, mesh) -> tuple[np.ndarray, np.ndarray]:
+  """Every local test image at each of `eval_scales`, grouped by shape, a group scored when it fills a step (as
+  many pixels per device as a training batch at most, at least one image per device)."""
+  config, layout, test = run.config, run.layout, run.dataset.test
+  if not dense.has_dense_form(run.step_config.model):
+    raise ValueError(f"model {config.model!r} has no fully-convolutional form for eval_protocol 'dense'")
+  shape, scales = _input_shape(config), config.eval_scales
+  local = np.arange(layout.process_index, len(test), layout.process_count)
+  sums, labels = np.zeros((len(local), run.dataset.num_classes)), np.zeros(len(local), np.int32)
+  step = jax.jit(functools.partial(dense_step, step_config=run.step_config))
+  sharding, groups = NamedSharding(mesh, PartitionSpec(AXIS)), collections.defaultdict(list)
+  per_device = layout.global_batch // (layout.process_count * layout.local_devices)
+
+  def fill(h, w) -> int:  # images per step of this shape
+    return layout.local_devices * max(1, per_device * config.image_size**2 // (h * w))
+
+  def flush(key):
+    positions, views = zip(*groups.pop(key))
+    images = np.zeros((fill(*key[:2]), *key), np.uint8)
+    images[: len(views)] = views
+    sums[list(positions)] += np.asarray(step(state, jax.device_put(images, sharding)), np.float64)[: len(views)]
+
+  for start in range(0, len(local), 32):
+    chunk = local[start : start + 32]
+    records = test.__getitems__(chunk.tolist()) if hasattr(test, "__getitems__") else [test[int(i)] for i in chunk]
+    for position, record in enumerate(records, start):
+      labels[position] = record["label"]
+      for view in recipes.dense_views(record["image"], shape, scales):
+        groups[view.shape].append((position, view))
+        if len(groups[view.shape]) == fill(*view.shape[:2]):
+          flush(view.shape)
+  for key in list(groups):
+    flush(key)
+  return sums / len(scales), labels
+
+
+def timed(evaluate, examples: int, views: int) -> dict:
+  """`evaluate()`'s metrics and their cost: test images and views scored per second (the first evaluation of a
+  process includes compiling its step)."""
   start = time.perf_counter()
-  result = evaluate_state(p_eval, state, run)
-  views = len(run.dataset.test) * data.PROTOCOL_VIEWS[run.config.eval_protocol]
-  return result | {"views_per_s": round(views / (time.perf_counter() - start), 1)}
+  result = evaluate()
+  seconds = time.perf_counter() - start
+  return result | {"images_per_s": round(examples / seconds, 1), "views_per_s": round(examples * views / seconds, 1)}
+
+
+def ensemble(members) -> dict:
+  """The metrics of several (run, state) pairs' probabilities averaged, each member under its own config (its
+  model, input size and protocol); they must share the test set and its classes."""
+  first = members[0][0]
+  for run, _ in members[1:]:
+    theirs, ours = (run.config.dataset, run.config.classes), (first.config.dataset, first.config.classes)
+    if theirs != ours:
+      raise ValueError(f"an ensemble's members must be evaluated on one test set: {ours} and {theirs} differ")
+  outputs = [probabilities(state, run) for run, state in members]
+  return summarize(np.mean([p for p, _ in outputs], axis=0), outputs[0][1], first.dataset.num_classes)

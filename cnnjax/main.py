@@ -1,5 +1,6 @@
 """python -m cnnjax.main --config=configs/NAME.py[:ARG] [--config.FIELD=VALUE ...] [--workdir=DIR] [--mode=train|eval]
 python -m cnnjax.main --mode=eval --workdir=DIR          # with the config the workdir was made with
+python -m cnnjax.main --mode=eval --workdir=DIR1,DIR2    # an ensemble: the workdirs' softmax averaged
     [--coordinator_address=HOST:PORT --num_processes=N --process_id=I]     # one of N processes of a run
 
 Parses flags and calls cnnjax.train; everything else is importable and tested on its own.
@@ -33,10 +34,11 @@ def define_flags():
   flags.DEFINE_string(
     "workdir",
     None,
-    "Where checkpoints and metrics go; rerun with the same workdir to resume. Default: a new folder under ./runs/.",
+    "Where checkpoints and metrics go; rerun with the same workdir to resume. Default: a new folder under ./runs/. "
+    "With --mode=eval, several separated by commas are evaluated as an ensemble.",
   )
   flags.DEFINE_enum(
-    "mode", "train", ["train", "eval"], "train (and evaluate), or evaluate the workdir's latest checkpoint."
+    "mode", "train", ["train", "eval"], "train (and evaluate), or evaluate the workdir's (workdirs') latest checkpoint."
   )
   cli.define_distributed_flags()
 
@@ -47,21 +49,29 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(unexpected)}")
   cli.start_distributed()
   cli.start()
+  workdirs = FLAGS.workdir.split(",") if FLAGS.mode == "eval" and FLAGS.workdir else [FLAGS.workdir]
   if not FLAGS["config"].present:  # evaluating a workdir needs no config: it has its run's own
     if FLAGS.mode != "eval" or not FLAGS.workdir:
       raise app.UsageError(
         "--config is required (to evaluate a workdir with the config it was trained with: --mode=eval --workdir=DIR, "
         "and --config.FIELD=VALUE to change what evaluation may: the dataset, the batch size)"
       )
-    config = config_lib.from_workdir(FLAGS.workdir, overrides)
+    configs = [config_lib.from_workdir(w, overrides) for w in workdirs]
   else:
-    config = config_lib.from_command_line(FLAGS["config"])
-  workdir = FLAGS.workdir or default_workdir(FLAGS["config"].config_filename)
+    configs = [config_lib.from_command_line(FLAGS["config"])] * len(workdirs)
   if FLAGS.mode == "train":
-    train.train_and_evaluate(config, workdir)
+    train.train_and_evaluate(configs[0], FLAGS.workdir or default_workdir(FLAGS["config"].config_filename))
   else:
-    result = train.evaluate(config, workdir)
-    print(" ".join(f"{k} {v:.4f}" if k.startswith("eval_") else f"{k} {v}" for k, v in result.items()))
+    result = train.evaluate_ensemble(configs, [w or default_workdir(FLAGS["config"].config_filename) for w in workdirs])
+    print(" ".join(_shown(k, v) for k, v in result.items()))
+
+
+def _shown(name: str, value) -> str:
+  """One field of --mode=eval's line: accuracies also as error rates, in percent."""
+  if name in ("eval_accuracy", "eval_top5"):
+    error = "top1_error" if name == "eval_accuracy" else "top5_error"
+    return f"{name} {value:.4f} {error} {100 * (1 - value):.2f}%"
+  return f"{name} {value:.4f}" if name.startswith("eval_") else f"{name} {value}"
 
 
 if __name__ == "__main__":

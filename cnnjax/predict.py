@@ -61,7 +61,7 @@ class Predictor:
 
   def model_input(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(the image as the model sees it: uint8 at its input size, the normalised [1, H, W, C] batch)."""
-    fitted = pipeline.fit_example({"image": image}, self.input_shape, self.dataset.spec.style, train=False)
+    fitted = pipeline.fit_example({"image": image}, self.input_shape, self.dataset.spec.style)
     mean, std = self.dataset.normalization(self.input_shape[2])  # the run's own statistics
     return fitted, data.normalize(fitted[None], mean, std)
 

@@ -160,6 +160,7 @@ def build(config, dataset: data.Dataset | None = None) -> Run:
   """Dataset (the config's, unless given), model, schedule and optimizer; raises ValueError / DatasetError
   for a bad config."""
   config_lib.validate(config)
+  data.check_recipe(config.augment, data.style(config.dataset))
   data.check_protocol(config.eval_protocol, data.style(config.dataset), input_shape(config))
   dataset = dataset or data.load(config.dataset, config.data_dir or None, config.bad_images)
   if config.classes or config.shots:
@@ -318,7 +319,23 @@ def latest_state(run: Run, workdir: str) -> TrainState:
 
 def evaluate(config, workdir: str) -> dict:
   """Evaluate the latest checkpoint of `workdir` on the full test split."""
-  run = build(config)
-  state = replicate(latest_state(run, workdir), device_mesh())
-  result = evaluation.timed(pmapped_steps(run.step_config)[1], state, run)
-  return {"step": int(state.step), "protocol": config.eval_protocol, **result}
+  return evaluate_ensemble([config], [workdir])
+
+
+def evaluate_ensemble(configs, workdirs) -> dict:
+  """Evaluate the latest checkpoint of each workdir on the full test split, several by their softmax averaged (an
+  ensemble, as every winner's submission was)."""
+  members = []
+  for config, workdir in zip(configs, workdirs, strict=True):
+    run = build(config)
+    members.append((run, replicate(latest_state(run, workdir), device_mesh())))
+  run, state = members[0]
+  if len(members) == 1:
+    p_eval = pmapped_steps(run.step_config)[1]
+    metrics = functools.partial(evaluation.evaluate_state, p_eval, state, run)
+  else:
+    metrics = functools.partial(evaluation.ensemble, members)
+  views = sum(data.views_per_image(r.config.eval_protocol, r.config.eval_scales) for r, _ in members)
+  steps = [int(s.step) for _, s in members]
+  which = {"step": steps[0]} if len(steps) == 1 else {"models": len(steps), "steps": ",".join(map(str, steps))}
+  return which | {"protocol": run.config.eval_protocol} | evaluation.timed(metrics, len(run.dataset.test), views)

@@ -7,9 +7,11 @@
 Dataset: imagenet2012 prepared as array_record (docs/data.md). Hardware: one GPU or TPU host; the paper
 trained 5-6 days on two GTX 580s. Recipe (section 5): SGD batch 128, momentum 0.9, weight decay 5e-4,
 lr 0.01 divided by 10 three times "when the validation error rate stopped improving" (here at epochs
-30, 60, 80 of 90), dropout 0.5, weights N(0, 0.01) and biases of 1 in conv2/4/5 and fc6/7.
-Paper: 40.7% top-1 / 18.2% top-5 error on ILSVRC-2012 val, one CNN, 10-crop testing (this code
-evaluates a single centre crop: torchvision's weights give 43.5% / 20.9% that way).
+30, 60, 80 of 90), dropout 0.5, weights N(0, 0.01) and biases of 1 in conv2/4/5 and fc6/7. Data (section
+4.1, `augment='alexnet'`): shorter side 256, the central 256x256, random 227 (224) crops and mirrors, PCA lighting.
+Paper: 40.7% top-1 / 18.2% top-5 error on ILSVRC-2012 val, one CNN, ten crops: evaluate a run that way with
+`--mode=eval --workdir=W --config.eval_protocol=ten_crop` (the run's own evaluations take one centre crop, which
+gives torchvision's weights 43.5% / 20.9%; docs/protocols.md).
 """
 
 import ml_collections
@@ -26,6 +28,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.weight_decay = 5e-4
   config.num_epochs = 90
   config.lr_decay_epochs = (30, 60, 80)
+  config.augment = "alexnet"
   args = set(filter(None, arg.split(",")))
   if "torchvision" in args:
     config.model, config.image_size = "alexnet_torchvision", 224

@@ -9,7 +9,8 @@
 
 Dataset: cifar10 prepared as array_record (docs/data.md). Hardware: one GPU (the paper: two), or a CPU
 for ResNet-20 with patience. Recipe: batch 128, SGD momentum 0.9, weight decay 1e-4, lr 0.1 divided by
-10 at 32k and 48k iterations, stop at 64k; 4-pixel pad, random 32x32 crop, flip; option-A shortcuts.
+10 at 32k and 48k iterations, stop at 64k; 4-pixel pad, random 32x32 crop, flip (`augment='cifar'`); option-A
+shortcuts; tested on the single 32x32 image.
 ResNet-110 (and deeper) warm up at lr 0.01 for 400 iterations ("until the training error is below 80%").
 Paper test error (Table 6): ResNet-20 8.75%, 32 7.51%, 44 7.17%, 56 6.97%, 110 6.43% (best of 5).
 """
@@ -29,6 +30,7 @@ def get_config(arg: str = "20") -> ml_collections.ConfigDict:
   config = config_lib.base()
   config.model = ("cifar_plain" if "plain" in args else "cifar_resnet") + str(depth)
   config.dataset = "cifar10"
+  config.augment = "cifar"
   config.image_size = 32
   config.batch_size = 128
   config.learning_rate = 0.1

@@ -8,8 +8,11 @@ Dataset: imagenet2012 prepared as array_record (docs/data.md). Hardware: a multi
 the paper took 2-3 weeks on four Titan Blacks. Recipe (section 3.1): batch 256, momentum 0.9, weight
 decay 5e-4, dropout 0.5 on fc6/fc7, lr 0.01 divided by 10 three times on plateaus (here at epochs 30,
 50, 65), 74 epochs; Glorot initialisation, which the paper found removes the need to start from net A.
-Paper (dense multi-scale test, Table 3): D 25.6% top-1 / 8.1% top-5 error, E 25.5% / 8.0%;
-torchvision's single centre crop: vgg16 28.4% / 9.6%, vgg19 27.6% / 9.1%.
+Data (`augment='vgg'`): multi-scale training, shorter side S in [256, 512], random 224 crops, mirrors, AlexNet's
+colour shift. Test (section 3.2): dense, fc layers as convolutions over the whole image at Q = 256, 384, 512 and
+its mirror: `--mode=eval --workdir=W --config.eval_protocol=dense` (docs/protocols.md).
+Paper (Table 4, trained at S in [256, 512], dense at Q = 256, 384, 512): D 24.8% top-1 / 7.5% top-5 error, E 24.8%
+/ 7.5%; torchvision's single centre crop: vgg16 28.4% / 9.6%, vgg19 27.6% / 9.1%.
 """
 
 import ml_collections
@@ -30,6 +33,8 @@ def get_config(arg: str = "16") -> ml_collections.ConfigDict:
   config.weight_decay = 5e-4
   config.num_epochs = 74
   config.lr_decay_epochs = (30, 50, 65)
+  config.augment = "vgg"
+  config.eval_scales = (256, 384, 512)
   if "local" in args:
     config.model_options.global_pool = True  # 512 inputs to fc6 instead of 25,088
     config_lib.local(config, image_size=32, learning_rate=0.01)

@@ -30,7 +30,8 @@ def test_an_epochs_override_replaces_the_configs_steps_and_says_so(capsys):
     (("--config.warmup_epochs=1", "--config.warmup_lr=0.05"), "warmup_lr belongs to warmup_type 'constant'"),
     (("--config.lr_decay_factor=0.5",), "the schedule is 'cosine'"),
     (("--config.aux_loss_weight=0.1",), "model 'lenet5' is built without auxiliary classifiers"),
-    (("--config.augment=True",), "dataset 'digits' is never augmented"),
+    (("--config.augment=alexnet",), "dataset 'digits' is never augmented"),
+    (("--config.eval_scales=(256,)",), "scales belong to 'dense'"),
     (("--config.bad_images=stop",), "dataset 'digits' is not an image folder"),
     (("--config.dataset=fake", "--config.data_dir=/data"), "not read from a tfds data directory"),
     (("--config.momentum=0", "--config.nesterov=True"), "momentum is 0"),
@@ -49,10 +50,12 @@ def test_the_same_fields_are_accepted_where_they_act():
       "--config.warmup_epochs=1",
       "--config.warmup_type=constant",
       "--config.warmup_lr=0.01",
-      "--config.augment=False",
+      "--config.augment=none",
+      "--config.eval_protocol=dense",
+      "--config.eval_scales=(256,)",
     )
   )
-  assert (config.aux_loss_weight, config.warmup_lr, config.augment) == (0.1, 0.01, False)
+  assert (config.aux_loss_weight, config.warmup_lr, config.augment, config.eval_scales) == (0.1, 0.01, "none", (256,))
 
 
 @pytest.mark.parametrize(
@@ -125,7 +128,8 @@ ALEXNET = {
   "learning_rate": 0.01,
   "num_epochs": 90,
   "lr_decay_factor": 0.1,
-}  # section 5: batch 128, momentum 0.9, decay 0.0005, 0.01 divided by 10, ~90 cycles
+  "augment": "alexnet",
+}  # section 5: batch 128, momentum 0.9, decay 0.0005, 0.01 divided by 10, ~90 cycles; 4.1: its crops and lighting
 VGG = {
   "batch_size": 256,
   "momentum": 0.9,
@@ -133,21 +137,28 @@ VGG = {
   "learning_rate": 0.01,
   "num_epochs": 74,
   "lr_decay_factor": 0.1,
-}  # section 3.1: batch 256, momentum 0.9, 5e-4, 1e-2 decreased by 10 three times, 74 epochs
+  "augment": "vgg",
+  "eval_scales": (256, 384, 512),
+}  # section 3.1: batch 256, momentum 0.9, 5e-4, 1e-2 decreased by 10 three times, 74 epochs, S in [256, 512];
+# 3.2 (Table 4): dense at Q = 256, 384, 512
 GOOGLENET = {
   "momentum": 0.9,
   "schedule": "exponential",
   "lr_decay_factor": 0.96,
   "lr_decay_every_epochs": 8,
   "aux_loss_weight": 0.3,
-}  # section 6: momentum 0.9, "decreasing the learning rate by 4% every 8 epochs"
+  "augment": "inception",
+}  # section 6: momentum 0.9, "decreasing the learning rate by 4% every 8 epochs", 8%-100% of the area
 RESNET = {
   "batch_size": 256,
   "momentum": 0.9,
   "weight_decay": 1e-4,
   "learning_rate": 0.1,
   "lr_decay_factor": 0.1,
-}  # section 3.4: mini-batch 256, 0.1 divided by 10, decay 0.0001, momentum 0.9
+  "augment": "resnet",
+  "eval_scales": (224, 256, 384, 480, 640),
+}  # section 3.4: mini-batch 256, 0.1 divided by 10, decay 0.0001, momentum 0.9, S in [256, 480]; dense at
+# 224, 256, 384, 480, 640
 CIFAR = {
   "batch_size": 128,
   "momentum": 0.9,
@@ -157,14 +168,15 @@ CIFAR = {
   "lr_decay_steps": (32_000, 48_000),
   "image_size": 32,
   "dataset": "cifar10",
+  "augment": "cifar",
 }  # section 4.2
 
 
 @pytest.mark.parametrize(
   "name,arg,model,recipe",
   [
-    ("lenet5", "", "lenet5", {"image_size": 32, "channels": 1, "augment": False}),
-    ("lenet5", "mnist", "lenet5", {"dataset": "mnist", "image_size": 32, "channels": 1, "augment": False}),
+    ("lenet5", "", "lenet5", {"image_size": 32, "channels": 1, "augment": "none"}),
+    ("lenet5", "mnist", "lenet5", {"dataset": "mnist", "image_size": 32, "channels": 1, "augment": "none"}),
     (
       "alexnet",
       "",

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from cnnjax import data
+from cnnjax.data.recipes import IMAGENET_RECIPES
 from cnnjax.data.sources import TFDS, ArraySource
 
 
@@ -188,21 +189,28 @@ def test_eval_covers_every_example_exactly_once(n, devices, processes, per_devic
   assert len(counts) == 1  # every host steps through the same number of batches
 
 
-@settings(max_examples=20)
+# Each dataset style with each training recipe it takes (cnnjax/data/recipes.py)
+STYLE_RECIPES = [("cifar", "cifar"), ("cifar", "none"), ("small", "none"), *(("imagenet", r) for r in IMAGENET_RECIPES)]
+
+
+@settings(max_examples=30)
 @given(
   st.integers(8, 100),
   st.sampled_from([1, 2, 3, 4]),
   st.integers(1, 4),
   st.integers(0, 99),
-  st.sampled_from(["cifar", "small", "imagenet"]),
+  st.sampled_from(STYLE_RECIPES),
 )
-def test_hosts_read_disjoint_rows_of_the_batches_one_host_would_read(n, processes, local_batch, seed, style):
-  """Concatenated in process order, the hosts' batches are the single-host global batches, augmentation included,
-  so a run does not depend on how many hosts share it; one epoch of them covers each example at most once."""
-  d, shape, batch = index_dataset(n, (8, 8, 3), style), (8, 8, 3), local_batch * processes
-  single = _take(iter(data.train_batches(d, shape, data.Layout(batch), seed)), 3)
+def test_hosts_read_disjoint_rows_of_the_batches_one_host_would_read(n, processes, local_batch, seed, style_recipe):
+  """Concatenated in process order, the hosts' batches are the single-host global batches, augmentation included
+  (each recipe's draws are fixed by the seed, the step and the row), so a run does not depend on how many hosts share
+  it; one epoch of them covers each example at most once."""
+  (style, recipe), shape, batch = style_recipe, (8, 8, 3), local_batch * processes
+  d = index_dataset(n, shape, style)
+  single = _take(iter(data.train_batches(d, shape, data.Layout(batch), seed, recipe)), 3)
   hosts = [
-    _take(iter(data.train_batches(d, shape, data.Layout(batch, 1, p, processes), seed)), 3) for p in range(processes)
+    _take(iter(data.train_batches(d, shape, data.Layout(batch, 1, p, processes), seed, recipe)), 3)
+    for p in range(processes)
   ]
   for step, whole in enumerate(single):
     for key in whole:
@@ -219,10 +227,11 @@ def _equal(a, b):
   return len(a) == len(b) and all(np.array_equal(x[k], y[k]) for x, y in zip(a, b) for k in x)
 
 
-@pytest.mark.parametrize("style", ["cifar", "small", "imagenet"])
-def test_a_restored_iterator_yields_the_same_next_batches(style):
+@pytest.mark.parametrize("style,recipe", STYLE_RECIPES)
+def test_a_restored_iterator_yields_the_same_next_batches(style, recipe):
+  """What makes a resumed run bit-identical under every recipe: the batches after a checkpoint's iterator state."""
   d = index_dataset(50, (8, 8, 3), style)
-  pipeline = lambda: iter(data.train_batches(d, (8, 8, 3), data.Layout(8, local_devices=2), seed=3))
+  pipeline = lambda: iter(data.train_batches(d, (8, 8, 3), data.Layout(8, local_devices=2), seed=3, augment=recipe))
   original = pipeline()
   _take(original, 9)  # across an epoch boundary (50 / 8)
   state = original.get_state()
@@ -241,13 +250,18 @@ def test_digits_pipeline_is_deterministic_and_seeded(tfds_dir):
 
 def test_worker_processes_give_the_same_batches():
   d = index_dataset(64, (8, 8, 3), "cifar")
-  make = lambda workers: _take(iter(data.train_batches(d, (8, 8, 3), data.Layout(8), seed=0, workers=workers)), 6)
+  make = lambda workers: _take(
+    iter(data.train_batches(d, (8, 8, 3), data.Layout(8), seed=0, augment="cifar", workers=workers)), 6
+  )
   assert _equal(make(0), make(2))
 
 
 def test_batch_size_must_split_over_devices():
   with pytest.raises(ValueError, match=r"does not split evenly over 2 host.*4 device"):
     data.Layout(12, local_devices=4, process_count=2)
+
+
+RECIPE = {"small": "none", "cifar": "cifar", "imagenet": "inception"}
 
 
 @pytest.mark.parametrize(
@@ -261,7 +275,7 @@ def test_batch_size_must_split_over_devices():
 def test_the_other_tfds_datasets_read_and_batch_as_their_settings_say(small_tfds, name, shape, classes, style):
   d = data.load(name, small_tfds)
   assert d.num_classes == classes and d.spec.style == style and len(d.train) == 12 and len(d.test) == 6
-  batch = next(iter(data.train_batches(d, shape, data.Layout(4, 2), seed=0)))
+  batch = next(iter(data.train_batches(d, shape, data.Layout(4, 2), seed=0, augment=RECIPE[style])))
   assert batch["image"].shape == (2, 2, *shape) and batch["image"].dtype == np.uint8
   assert set(batch["label"].ravel().tolist()) <= set(range(classes))
   evaluation = list(data.eval_batches(d, shape, data.Layout(4, 2)))

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from cnnjax import evaluation, models, train
-from cnnjax.data import pipeline, transforms
+from cnnjax.data import pipeline, recipes, transforms
 
 from helpers import load_config, run
 
@@ -116,7 +116,8 @@ def test_scale_jitter_spreads_the_shorter_side_uniformly_and_crops_inside_the_re
   scale, top, left, flip = transforms.scale_crop_window(60, 90, np.random.default_rng(5), 24, shorter=(32, 48))
   crop = transforms.random_scale_crop(image, np.random.default_rng(5), 24, shorter=(32, 48))
   expected = transforms.resize_shorter(image, scale)[top : top + 24, left : left + 24]
-  np.testing.assert_array_equal(crop, expected[:, ::-1] if flip else expected)
+  # (only the window is resized: within one level of resizing the whole image, PIL's rounding of its box)
+  np.testing.assert_allclose(crop, expected[:, ::-1] if flip else expected, atol=1)
 
 
 @pytest.mark.parametrize("protocol", ["center", "ten_crop", "googlenet144"])
@@ -138,9 +139,9 @@ def test_each_protocol_scores_every_test_image_by_its_views_mean_softmax(small_t
   losses, hits = [], []
   for example in run.dataset.test:
     if protocol == "center":
-      views = pipeline.fit_example(example, (32, 32, 3), style="imagenet", train=False)[None]
+      views = pipeline.fit_example(example, (32, 32, 3), style="imagenet")[None]
     else:
-      views = pipeline.eval_views(example["image"], (32, 32, 3), "imagenet", protocol)
+      views = recipes.eval_views(example["image"], (32, 32, 3), "imagenet", protocol)
     assert len(views) == {"center": 1, "ten_crop": 10, "googlenet144": 144}[protocol]
     logits = np.asarray(apply(transforms.normalize(views, *run.dataset.normalization(3))), np.float64)
     exp = np.exp(logits - logits.max(-1, keepdims=True))
@@ -163,7 +164,7 @@ def test_cifar_images_take_their_ten_crops_from_the_4_pixel_padding_by_hand():
   image = photo(32, 32)
   padded = np.zeros((40, 40, 3), np.uint8)
   padded[4:36, 4:36] = image
-  views = pipeline.eval_views(image, (32, 32, 3), "cifar", "ten_crop")
+  views = recipes.eval_views(image, (32, 32, 3), "cifar", "ten_crop")
   corners = [(0, 0), (0, 8), (8, 0), (8, 8), (4, 4)]  # the centre crop is the image itself
   expected = [view[y : y + 32, x : x + 32] for view in (padded, padded[:, ::-1]) for y, x in corners]
   np.testing.assert_array_equal(views, np.stack(expected))

@@ -19,7 +19,7 @@ import math
 import grain
 import numpy as np
 
-from cnnjax.data import transforms
+from cnnjax.data import recipes, transforms
 from cnnjax.data.sources import Dataset
 
 
@@ -59,15 +59,14 @@ class Layout:
 
 
 def fit_example(
-  example: dict, input_shape, style: str, train: bool, rng: np.random.Generator | None = None
+  example: dict, input_shape, style: str, recipe: str = "none", rng: np.random.Generator | None = None
 ) -> np.ndarray:
-  """One example's image brought to the model's (H, W, C): the per-example part of each dataset's preprocessing."""
+  """One example's image brought to the model's (H, W, C): the per-example part of each dataset's preprocessing. An
+  ImageNet-style photo goes through the training `recipe` (cnnjax.data.recipes; 'none': the test's centre crop)."""
   size, _, channels = input_shape
   image = example["image"]
   if style == "imagenet":
-    image = (
-      transforms.random_resized_crop(image, rng, size) if train else transforms.resize_shorter_center_crop(image, size)
-    )
+    image = recipes.TRAINING[recipe](image, rng, size)
   elif image.shape[:2] != (size, size):
     # MNIST's 28x28 digits are padded into LeNet-5's 32x32 field; other sizes are resized
     small_margin = image.shape[0] < size <= image.shape[0] + 4
@@ -77,36 +76,8 @@ def fit_example(
   return transforms.to_channels(image, channels)
 
 
-# How many views of each test image an evaluation protocol averages
-PROTOCOL_VIEWS = {"center": 1, "ten_crop": 10, "googlenet144": 144}
-
-
-def check_protocol(protocol: str, style: str, input_shape):
-  """ValueError, in one line, for a test protocol the dataset's images do not allow."""
-  if protocol == "ten_crop" and style not in ("imagenet", "cifar"):
-    raise ValueError(
-      "eval_protocol 'ten_crop' needs ImageNet-style photos or CIFAR-style images (cropped from their 4-pixel "
-      "padding); this dataset's images are only resized or padded to the model"
-    )
-  if protocol == "googlenet144" and style != "imagenet":
-    raise ValueError("eval_protocol 'googlenet144' needs ImageNet-style photos (4 scales of 1.1 to 1.6x the input)")
-
-
-def eval_views(image: np.ndarray, input_shape, style: str, protocol: str) -> np.ndarray:
-  """The crops of one test image a protocol averages over, uint8 [views, H, W, C]: AlexNet's ten (the shorter side
-  at 256/224 of the input; a CIFAR image padded by 4 pixels, as its training crops are drawn) or GoogLeNet's 144."""
-  size, _, channels = input_shape
-  if protocol == "ten_crop" and style == "cifar":
-    views = transforms.ten_crop(transforms.center_pad(image, size + 8), size, size + 8)
-  elif protocol == "ten_crop":
-    views = transforms.ten_crop(image, size, round(size * 256 / 224))
-  else:
-    views = transforms.googlenet_crops(image, size)
-  return transforms.to_channels(views, channels)
-
-
 def read_batch(
-  source, indices, input_shape, style: str, train: bool, rng=None, first: int = 0, protocol: str = "center"
+  source, indices, input_shape, style: str, recipe: str = "none", rng=None, first: int = 0, protocol: str = "center"
 ) -> dict:
   """Examples `indices` of `source` as {'image': uint8 [B, H, W, C], 'label': int32 [B]}.
 
@@ -124,40 +95,40 @@ def read_batch(
     source.__getitems__(indices.tolist()) if hasattr(source, "__getitems__") else [source[int(i)] for i in indices]
   )
   rngs = [None] * len(records)
-  if rng is not None and style == "imagenet" and train:
+  if rng is not None and style == "imagenet" and recipe != "none":
     key = int(rng.integers(2**63))  # every host makes this one draw from the batch's generator
     rngs = [np.random.default_rng([key, first + i]) for i in range(len(records))]
   if protocol != "center":
-    images = [eval_views(r["image"], input_shape, style, protocol) for r in records]
+    images = [recipes.eval_views(r["image"], input_shape, style, protocol) for r in records]
   else:
     images = [
       r["image"]
       if r["image"].shape == tuple(input_shape) and direct
-      else fit_example(r, input_shape, style=style, train=train, rng=g)
+      else fit_example(r, input_shape, style=style, recipe=recipe, rng=g)
       for r, g in zip(records, rngs)
     ]
   return {"image": np.stack(images), "label": np.array([r["label"] for r in records], np.int32)}
 
 
 def train_batches(
-  dataset: Dataset, input_shape, layout: Layout, seed: int, augment: bool = True, workers: int = 0, prefetch: int = 4
+  dataset: Dataset, input_shape, layout: Layout, seed: int, augment: str = "none", workers: int = 0, prefetch: int = 4
 ) -> grain.IterDataset:
-  """An endless, checkpointable stream of training batches for this host.
+  """An endless, checkpointable stream of training batches for this host, made by the training recipe `augment`.
 
   grain shuffles and batches example *indices* (cheap) into global batches, the same on every host; each
   host reads and preprocesses its own rows of each, with a generator seeded by (seed, batch index) whose
   draws are made for the whole global batch. So a global batch does not depend on how many hosts share it,
   and every host's iterator state is the same.
   """
-  input_shape, train = tuple(input_shape), dataset.train
+  input_shape, train, style = tuple(input_shape), dataset.train, dataset.spec.style
+  recipes.check_recipe(augment, style)
   indices = grain.MapDataset.range(len(train)).seed(seed).shuffle().repeat(None)  # a new permutation every epoch
-  style = dataset.spec.style if augment else "small"
   first = layout.process_index * layout.local_batch
 
   def load(global_indices, rng):
     rows = global_indices[first : first + layout.local_batch]
-    batch = read_batch(train, rows, input_shape=input_shape, style=style, train=True, rng=rng, first=first)
-    if augment and style == "cifar":
+    batch = read_batch(train, rows, input_shape=input_shape, style=style, recipe=augment, rng=rng, first=first)
+    if augment == "cifar" and style == "cifar":
       batch["image"] = transforms.pad_crop_flip(batch["image"], rng, first=first, total=layout.global_batch)
     return layout.for_devices(batch)
 
@@ -177,12 +148,12 @@ def eval_batches(
   of several views, 'image' is [..., views, H, W, C]."""
   input_shape, test, style = tuple(input_shape), dataset.test, dataset.spec.style
   slots = eval_batch_count(len(test), layout) * layout.local_batch
-  views = PROTOCOL_VIEWS[protocol]
+  views = recipes.PROTOCOL_VIEWS[protocol]
 
   def load(slot_indices):
     indices = layout.process_index + np.asarray(slot_indices) * layout.process_count
     real = indices[indices < len(test)]
-    read = functools.partial(read_batch, input_shape=input_shape, style=style, train=False, protocol=protocol)
+    read = functools.partial(read_batch, input_shape=input_shape, style=style, protocol=protocol)
     batch = read(test, real) if len(real) else None
     padding = len(indices) - len(real)
     images = np.zeros((len(indices), *([views] if views > 1 else []), *input_shape), np.uint8)

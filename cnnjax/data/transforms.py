@@ -33,14 +33,34 @@ def pad_crop_flip(
   return out
 
 
-def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-  """Bilinear (antialiased) resize of one uint8 HWC image; the identity when the size already matches."""
-  if image.shape[:2] == (height, width):
+# PIL's filters by name: the interpolations GoogLeNet's training drew among (section 6), 'area' being PIL's box filter
+INTERPOLATIONS = {"bilinear": Image.BILINEAR, "area": Image.BOX, "nearest": Image.NEAREST, "cubic": Image.BICUBIC}
+
+
+def resize(image: np.ndarray, height: int, width: int, method: str = "bilinear", box=None) -> np.ndarray:
+  """Resize of one uint8 HWC image (antialiased: PIL's filters widen when they shrink); the identity when the size
+  already matches. `box` (left, top, right, bottom, in pixels of `image`, fractions allowed): resize that region
+  only, which is the same window of the whole image resized, without resizing the rest."""
+  if image.shape[:2] == (height, width) and box is None:
     return image
   channels = image.shape[2]
   pil = Image.fromarray(image[..., 0] if channels == 1 else image)
-  out = np.asarray(pil.resize((width, height), Image.BILINEAR))
+  out = np.asarray(pil.resize((width, height), INTERPOLATIONS[method], box=box))
   return out[..., None] if channels == 1 else out
+
+
+def shorter_side_shape(height: int, width: int, shorter: int) -> tuple[int, int]:
+  """(height, width) of an image resized to shorter side `shorter`: torchvision's Resize(int) to the pixel, the
+  longer side truncated (int, not round)."""
+  return (shorter, int(shorter * width / height)) if height <= width else (int(shorter * height / width), shorter)
+
+
+def window_of_resized(image: np.ndarray, shape, top: int, left: int, size: int) -> np.ndarray:
+  """The size x size window at (top, left) of `image` resized to `shape`, resizing only that window (PIL's `box`):
+  within one level of cropping the whole resized image, at a fraction of the cost when the scale is large."""
+  (h, w), (rh, rw) = image.shape[:2], shape
+  box = (left * w / rw, top * h / rh, (left + size) * w / rw, (top + size) * h / rh)
+  return resize(image, size, size, box=box)
 
 
 def random_crop_window(height: int, width: int, rng: np.random.Generator, area=(0.08, 1.0), aspect=(3 / 4, 4 / 3)):
@@ -63,12 +83,29 @@ def random_crop_window(height: int, width: int, rng: np.random.Generator, area=(
   return (height - ch) // 2, (width - cw) // 2, ch, cw
 
 
-def random_resized_crop(image: np.ndarray, rng: np.random.Generator, size: int, flip=True) -> np.ndarray:
+def random_resized_crop(
+  image: np.ndarray, rng: np.random.Generator, size: int, flip=True, method: str = "bilinear"
+) -> np.ndarray:
   """ImageNet training crop (Szegedy et al. 2014, section 6): a random crop of 8% to 100% of the area with
-  aspect ratio 3/4 to 4/3, resized to size x size, flipped half the time."""
+  aspect ratio 3/4 to 4/3, resized to size x size by `method`, flipped half the time."""
   y, x, ch, cw = random_crop_window(*image.shape[:2], rng)
-  out = resize(image[y : y + ch, x : x + cw], size, size)
+  out = resize(image[y : y + ch, x : x + cw], size, size, method)  # torchvision's order: crop, then resize
   return out[:, ::-1] if flip and rng.random() < 0.5 else out
+
+
+def color_jitter(image: np.ndarray, rng: np.random.Generator, strength: float = 0.4) -> np.ndarray:
+  """Brightness, contrast and saturation, each scaled by a factor uniform in [1 - strength, 1 + strength], in a
+  random order, clipped to 0..255 after each (torchvision's ColorJitter(0.4, 0.4, 0.4) arithmetic, which
+  fb.resnet.torch also used): brightness scales the pixels, contrast blends them with the image's mean grey level,
+  saturation with each pixel's own grey (ITU-R 601 luma). RGB uint8 in and out."""
+  factors = rng.uniform(1 - strength, 1 + strength, 3)
+  out = image.astype(np.float32)
+  luma = np.array([0.299, 0.587, 0.114], np.float32)
+  for i in rng.permutation(3):
+    grey = (out @ luma)[..., None]
+    toward = {0: 0.0, 1: grey.mean(), 2: grey}[int(i)]  # brightness blends with black
+    out = np.clip(toward + factors[i] * (out - toward), 0, 255)
+  return np.round(out).astype(np.uint8)
 
 
 # The ImageNet training set's RGB covariance as fb.resnet.torch gives it, for pixels in [0, 1]: eigenvalues and
@@ -94,7 +131,7 @@ def scale_crop_window(height: int, width: int, rng: np.random.Generator, size: i
   """(S, top, left, flip) of a scale-jittered crop: S drawn uniformly from the integers of `shorter`, then a
   size x size window of the image resized to shorter side S, mirrored half the time."""
   scale = int(rng.integers(shorter[0], shorter[1] + 1))
-  h, w = (scale, int(scale * width / height)) if height <= width else (int(scale * height / width), scale)
+  h, w = shorter_side_shape(height, width, scale)
   return scale, int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1)), bool(rng.random() < 0.5)
 
 
@@ -102,17 +139,13 @@ def random_scale_crop(image: np.ndarray, rng: np.random.Generator, size: int, sh
   """VGG's scale jittering (Simonyan & Zisserman, section 3.1; ResNet's scale augmentation with (256, 480)): the
   shorter side resized to a random S in `shorter`, a random size x size crop, flipped half the time."""
   scale, y, x, flip = scale_crop_window(*image.shape[:2], rng, size, shorter)
-  out = resize_shorter(image, scale)[y : y + size, x : x + size]
+  out = window_of_resized(image, shorter_side_shape(*image.shape[:2], scale), y, x, size)
   return out[:, ::-1] if flip else out
 
 
 def resize_shorter(image: np.ndarray, shorter: int) -> np.ndarray:
-  """The image resized so that its shorter side is `shorter`: torchvision's Resize(int) to the pixel, the longer
-  side truncated (int, not round)."""
-  h, w = image.shape[:2]
-  if h <= w:
-    return resize(image, shorter, int(shorter * w / h))
-  return resize(image, int(shorter * h / w), shorter)
+  """The image resized so that its shorter side is `shorter` (shorter_side_shape)."""
+  return resize(image, *shorter_side_shape(*image.shape[:2], shorter))
 
 
 def crop_boxes(height: int, width: int, size: int) -> list[tuple[int, int]]:

@@ -77,6 +77,7 @@ LAYOUTS = {
 
 class AlexNet(nn.Module):
   CLASSIFIER = "fc8"  # the layer that gives the logits (what trainable='head' trains)
+  FC_GRID = 6  # fc6 reads a 6x6 map: dense evaluation applies it as a 6x6 convolution (models/dense.py)
 
   num_classes: int = 1000
   layout: str = "paper"

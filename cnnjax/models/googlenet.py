@@ -88,6 +88,7 @@ class AuxiliaryClassifier(nn.Module):
 
 class GoogLeNet(nn.Module):
   CLASSIFIER = "fc"  # the layer that gives the logits (what trainable='head' trains)
+  FC_GRID = 0  # a global average pool feeds the classifier: fully convolutional as it is (models/dense.py)
 
   num_classes: int = 1000
   inception: str = "reduced"

@@ -35,6 +35,7 @@ class ResNet(nn.Module):
   """A residual (or, with residual=False, plain) network of `stage_sizes` blocks per stage."""
 
   CLASSIFIER = "fc"  # the layer that gives the logits (what trainable='head' trains)
+  FC_GRID = 0  # a global average pool feeds the classifier: fully convolutional as it is (models/dense.py)
 
   stage_sizes: Sequence[int]
   num_classes: int = 1000

@@ -32,6 +32,7 @@ GLOROT = nn.initializers.glorot_uniform()
 
 class VGG(nn.Module):
   CLASSIFIER = "fc8"  # the layer that gives the logits (what trainable='head' trains)
+  FC_GRID = 7  # fc6 reads a 7x7 map: dense evaluation applies it as a 7x7 convolution (models/dense.py)
 
   block_sizes: Sequence[int]
   num_classes: int = 1000
