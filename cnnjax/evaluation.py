@@ -133,12 +133,24 @@ def dense_step(state, images, step_config):
   return (jnp.exp(_log_softmax(logits)) + jnp.exp(_log_softmax(mirrored))) / 2
 
 
+def check_dense(config, model):
+  """ValueError, in one line, where a run asks for a dense evaluation its model cannot give."""
+  if config.eval_protocol != "dense":
+    return
+  if not dense.has_dense_form(model):
+    raise ValueError(f"model {config.model!r} has no fully-convolutional form for eval_protocol 'dense'")
+  grid = model.FC_GRID
+  if grid and not getattr(model, "global_pool", False) and config.image_size < 224:
+    raise ValueError(
+      f"eval_protocol 'dense' on {config.model} needs image_size 224 or more: fc6 reads a {grid}x{grid} map of a "
+      f"224 input (this config has {config.image_size})"
+    )
+
+
 def _dense_probabilities(state, run, mesh) -> tuple[np.ndarray, np.ndarray]:
   """Every local test image at each of `eval_scales`, grouped by shape, a group scored when it fills a step (as
   many pixels per device as a training batch at most, at least one image per device)."""
   config, layout, test = run.config, run.layout, run.dataset.test
-  if not dense.has_dense_form(run.step_config.model):
-    raise ValueError(f"model {config.model!r} has no fully-convolutional form for eval_protocol 'dense'")
   shape, scales = _input_shape(config), config.eval_scales
   local = np.arange(layout.process_index, len(test), layout.process_count)
   sums, labels = np.zeros((len(local), run.dataset.num_classes)), np.zeros(len(local), np.int32)

@@ -168,6 +168,7 @@ def build(config, dataset: data.Dataset | None = None) -> Run:
   layout = layout_of(config.batch_size)
   steps_per_epoch = max(1, len(dataset.train) // config.batch_size)  # (evaluation may see a tiny training split)
   model = models.create(config.model, dataset.num_classes, axis_name=AXIS, **config.model_options)
+  evaluation.check_dense(config, model)
   learning_rate_fn = optim.schedule(config, steps_per_epoch)
   mean, std = dataset.normalization(config.channels)
   classifier = model.CLASSIFIER if config.trainable == "head" else None

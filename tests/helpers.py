@@ -98,3 +98,12 @@ def load_config(name: str, arg: str = "", **overrides):
   config = config_lib.load(name, arg)
   config.update(overrides)
   return config
+
+
+def photo(height: int, width: int, seed: int = 0) -> np.ndarray:
+  """A smooth image with detail everywhere (no two crops alike), uint8 RGB."""
+  y, x = np.mgrid[0:height, 0:width]
+  rng = np.random.default_rng(seed)
+  waves = [np.sin(x / rng.uniform(5, 40) + y / rng.uniform(5, 40) + rng.uniform(0, 6)) for _ in range(3)]
+  noise = rng.integers(0, 40, (height, width, 3))
+  return (np.stack(waves, -1) * 100 + 110 + noise).clip(0, 255).astype(np.uint8)

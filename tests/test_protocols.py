@@ -1,24 +1,21 @@
 """The papers' test protocols: AlexNet's ten crops (section 4.1), GoogLeNet's 144 (section 7), the training colour
 shift and scale jitter; and the evaluation that averages a protocol's views."""
 
+import functools
+
 import jax
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
-from cnnjax import evaluation, models, train
+from cnnjax import checkpoint, evaluation, models, train
 from cnnjax.data import pipeline, recipes, transforms
+from cnnjax.models import dense
 
-from helpers import load_config, run
-
-
-def photo(height: int, width: int, seed: int = 0) -> np.ndarray:
-  """A smooth image with detail everywhere (no two crops alike), uint8 RGB."""
-  y, x = np.mgrid[0:height, 0:width]
-  rng = np.random.default_rng(seed)
-  waves = [np.sin(x / rng.uniform(5, 40) + y / rng.uniform(5, 40) + rng.uniform(0, 6)) for _ in range(3)]
-  noise = rng.integers(0, 40, (height, width, 3))
-  return (np.stack(waves, -1) * 100 + 110 + noise).clip(0, 255).astype(np.uint8)
+from helpers import load_config, photo
+from helpers import run as run_command
 
 
 @pytest.mark.parametrize("shape", [(300, 400), (500, 333), (256, 256)])
@@ -120,40 +117,94 @@ def test_scale_jitter_spreads_the_shorter_side_uniformly_and_crops_inside_the_re
   np.testing.assert_allclose(crop, expected[:, ::-1] if flip else expected, atol=1)
 
 
-@pytest.mark.parametrize("protocol", ["center", "ten_crop", "googlenet144"])
-def test_each_protocol_scores_every_test_image_by_its_views_mean_softmax(small_tfds, protocol):
-  """The whole evaluation (pipeline, padded batches over 8 devices, the pmapped step) against the mean softmax over
-  each image's views computed here one image at a time, on the ImageNet-format test set the suite builds, at 32x32
-  (GoogLeNet's scales in proportion: 37 to 50)."""
-  config = load_config("resnet", "18", dataset="imagenet2012", data_dir=small_tfds, image_size=32, batch_size=8)
+def one_at_a_time(run, state) -> tuple[np.ndarray, np.ndarray]:
+  """(probabilities, labels) of the test split, each image's views made and scored here one image at a time: the
+  softmax averaged over its crops; for 'dense', over each scale's whole image and its mirror, each scored by the mean
+  of its class-score map."""
+  config, shape = run.config, (run.config.image_size, run.config.image_size, run.config.channels)
+  model = models.unsynchronised(run.step_config.model)
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  dense_form = config.eval_protocol == "dense"
+  scores = jax.jit(lambda x: dense.dense_logits(model, variables, x) if dense_form else model.apply(variables, x)[0])
+  normalize = functools.partial(transforms.normalize, mean=run.step_config.mean, std=run.step_config.std)
+  probabilities, labels = [], []
+  for example in run.dataset.test:
+    if config.eval_protocol == "center":
+      views = [pipeline.fit_example(example, shape, style="imagenet")[None]]
+    elif dense_form:
+      views = [np.stack([v, v[:, ::-1]]) for v in recipes.dense_views(example["image"], shape, config.eval_scales)]
+    else:
+      views = [recipes.eval_views(example["image"], shape, "imagenet", config.eval_protocol)]
+    logits = np.concatenate([np.asarray(scores(normalize(v)), np.float64) for v in views])
+    exp = np.exp(logits - logits.max(-1, keepdims=True))
+    probabilities.append((exp / exp.sum(-1, keepdims=True)).mean(0))
+    labels.append(example["label"])
+  return np.array(probabilities), np.array(labels)
+
+
+def thin_resnet(data_dir, **fields):
+  config = load_config("resnet", "18", dataset="imagenet2012", data_dir=data_dir, image_size=32, batch_size=8)
   config.model_options.update(stage_sizes=(1, 1, 1, 1), widths=(8, 8, 8, 8))  # thin: 864 views stay cheap
-  config.eval_protocol = protocol
+  config.update(fields)
+  return config
+
+
+@pytest.mark.parametrize(
+  "name,fields",
+  [
+    ("resnet", {"eval_protocol": "center"}),
+    ("resnet", {"eval_protocol": "ten_crop"}),
+    ("resnet", {"eval_protocol": "googlenet144"}),
+    ("resnet", {"eval_protocol": "dense", "eval_scales": (224, 256)}),  # 32 and 37 at this input
+    ("vgg", {"eval_protocol": "dense", "eval_scales": (224, 320), "image_size": 224}),  # fc6 as a 7x7 convolution
+  ],
+)
+def test_each_protocol_scores_every_test_image_by_its_views_mean_softmax(small_tfds, name, fields):
+  """The whole evaluation (pipeline, padded batches over 8 devices, the pmapped step; for 'dense' the views grouped
+  by shape and scored in steps of several) against the mean softmax over each image's views computed here one image at
+  a time, on the ImageNet-format test set the suite builds (photos of 230 to 300 pixels), at 32x32 (GoogLeNet's
+  scales in proportion: 37 to 50) or for VGG at 224."""
+  config = thin_resnet(small_tfds, **fields)
+  if name == "vgg":
+    config = load_config("vgg", "11", dataset="imagenet2012", data_dir=small_tfds, batch_size=8, **fields)
+    config.model_options.update(widths=(4, 4, 8, 8, 8), fc_width=16)
   run = train.build(config)
   state = train.initial_state(run)
   result = evaluation.evaluate_state(train.pmapped_steps(run.step_config)[1], state, run)
-  model, variables = (
-    models.unsynchronised(run.step_config.model),
-    {"params": state.params, "batch_stats": state.batch_stats},
-  )
-  apply = jax.jit(lambda x: model.apply(variables, x, train=False)[0])
-  losses, hits = [], []
-  for example in run.dataset.test:
-    if protocol == "center":
-      views = pipeline.fit_example(example, (32, 32, 3), style="imagenet")[None]
-    else:
-      views = recipes.eval_views(example["image"], (32, 32, 3), "imagenet", protocol)
-    assert len(views) == {"center": 1, "ten_crop": 10, "googlenet144": 144}[protocol]
-    logits = np.asarray(apply(transforms.normalize(views, *run.dataset.normalization(3))), np.float64)
-    exp = np.exp(logits - logits.max(-1, keepdims=True))
-    probabilities = (exp / exp.sum(-1, keepdims=True)).mean(0)
-    losses.append(-np.log(probabilities[example["label"]]))
-    hits.append(probabilities.argmax() == example["label"])
-  assert result["eval_loss"] == pytest.approx(np.mean(losses), rel=1e-4)
-  assert result["eval_accuracy"] == pytest.approx(np.mean(hits))
+  probabilities, labels = one_at_a_time(run, state)
+  assert result["eval_loss"] == pytest.approx(np.mean(-np.log(probabilities[np.arange(6), labels])), rel=1e-4)
+  assert result["eval_accuracy"] == pytest.approx(np.mean(probabilities.argmax(-1) == labels))
+
+
+def test_an_ensemble_of_two_workdirs_averages_their_softmax_through_the_command(small_tfds, tmp_path):
+  """`--mode=eval --workdir=W1,W2` (dense, as each member's config.json says nothing else) against the two networks'
+  probabilities, each computed one image at a time, averaged."""
+  members = []
+  for seed in (0, 1):
+    config = thin_resnet(small_tfds, seed=seed, eval_protocol="dense", eval_scales=(224, 256))
+    run = train.build(config)
+    state = train.initial_state(run)
+    ckpt = checkpoint.Checkpointer(str(tmp_path / f"w{seed}"), config)
+    ckpt.save(0, state, {})
+    ckpt.wait()
+    ckpt.close()
+    members.append(one_at_a_time(run, state))
+  workdirs = f"{tmp_path / 'w0'},{tmp_path / 'w1'}"
+  evaluated = run_command("--mode=eval", f"--workdir={workdirs}")
+  assert evaluated.returncode == 0, evaluated.stderr
+  result = dict(zip(*[iter(evaluated.stdout.splitlines()[-1].split())] * 2))
+  (first, labels), (second, _) = members
+  mean = (first + second) / 2
+  assert (result["models"], result["steps"], result["protocol"]) == ("2", "0,0", "dense")
+  assert float(result["eval_loss"]) == pytest.approx(np.mean(-np.log(mean[np.arange(6), labels])), abs=1e-4)
+  assert float(result["eval_accuracy"]) == pytest.approx(np.mean(mean.argmax(-1) == labels))
+  assert float(result["top5_error"].rstrip("%")) == pytest.approx(100 * (1 - float(result["eval_top5"])), abs=0.01)
+  # the members differ (else the average would prove nothing)
+  assert np.abs(first - second).max() > 1e-3
 
 
 def test_a_protocol_the_images_do_not_allow_is_refused_in_one_line(tmp_path):
-  result = run("--config=configs/lenet5.py:local", f"--workdir={tmp_path}", "--config.eval_protocol=ten_crop")
+  result = run_command("--config=configs/lenet5.py:local", f"--workdir={tmp_path}", "--config.eval_protocol=ten_crop")
   assert result.returncode == 1 and "Traceback" not in result.stderr
   assert (
     result.stderr.strip().splitlines()[-1].startswith("error: eval_protocol 'ten_crop' needs ImageNet-style photos")
@@ -169,3 +220,66 @@ def test_cifar_images_take_their_ten_crops_from_the_4_pixel_padding_by_hand():
   expected = [view[y : y + 32, x : x + 32] for view in (padded, padded[:, ::-1]) for y, x in corners]
   np.testing.assert_array_equal(views, np.stack(expected))
   np.testing.assert_array_equal(views[4], image)
+
+
+def thin_model(name: str, size: int, **options):
+  model = models.unsynchronised(models.create(name, 10, **options))
+  return model, train.init_variables(jax.random.key(0), model, (size, size, 3))
+
+
+THIN_VGG = {"block_sizes": (1, 1, 1, 1, 1), "widths": (4, 4, 8, 8, 8), "fc_width": 16}
+
+
+@pytest.mark.parametrize(
+  "name,size,options",
+  [("vgg11", 224, THIN_VGG), ("alexnet_torchvision", 224, {"fc_width": 16}), ("alexnet", 227, {"fc_width": 16})],
+)
+def test_fc_layers_as_convolutions_give_the_standard_logits_at_the_training_size(name, size, options):
+  model, variables = thin_model(name, size, **options)
+  images = jax.random.normal(jax.random.key(1), (2, size, size, 3))
+  logits, _ = model.apply(variables, images)
+  scores = dense.score_map(model, variables, images)
+  assert scores.shape == (2, 1, 1, 10)  # one 7x7 (6x6) window: the whole map fc6 reads
+  np.testing.assert_allclose(scores[:, 0, 0], logits, rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=4, deadline=None)
+@given(st.integers(224, 330), st.integers(224, 330))
+def test_each_score_of_the_map_is_the_classifier_on_its_window_of_the_last_conv_map(height, width):
+  """VGG section 3.2 on a larger image: one score vector per 7x7 window of the last (stride 32) map, each what fc6
+  (a flattened 7x7x512 window), fc7 and fc8 give that window; their mean is the image's dense logits."""
+  model, variables = thin_model("vgg11", 224, **THIN_VGG)
+  images = jax.random.normal(jax.random.key(2), (1, height, width, 3))
+  scores = np.asarray(dense.score_map(model, variables, images), np.float64)
+  assert scores.shape == (1, height // 32 - 6, width // 32 - 6, 10)
+  features = np.asarray(model.apply(variables, images)[1]["block5"], np.float64)[0]
+  p = jax.tree.map(lambda v: np.asarray(v, np.float64), variables["params"])
+  relu = lambda v: np.maximum(v, 0)
+  for i in range(scores.shape[1]):
+    for j in range(scores.shape[2]):
+      window = features[i : i + 7, j : j + 7].reshape(-1)  # flattened as the standard forward flattens
+      fc7 = relu(relu(window @ p["fc6"]["kernel"] + p["fc6"]["bias"]) @ p["fc7"]["kernel"] + p["fc7"]["bias"])
+      np.testing.assert_allclose(scores[0, i, j], fc7 @ p["fc8"]["kernel"] + p["fc8"]["bias"], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(dense.dense_logits(model, variables, images)[0], scores[0].mean((0, 1)), rtol=1e-5)
+
+
+def test_dense_views_keep_the_whole_image_cut_to_the_stride_and_group_into_few_shapes():
+  image = photo(375, 500)
+  views = recipes.dense_views(image, (224, 224, 3), (256, 384, 512))
+  # shorter side Q; the longer int(Q x 4/3) = 341, 512, 682 cut, centred, to 320, 512, 672
+  assert [v.shape for v in views] == [(256, 320, 3), (384, 512, 3), (512, 672, 3)]
+  np.testing.assert_array_equal(views[0], transforms.resize_shorter(image, 256)[:, 10:330])
+  assert recipes.dense_views(photo(500, 375), (224, 224, 3), (256,))[0].shape == (320, 256, 3)  # portrait
+
+
+@pytest.mark.parametrize(
+  "config,fields,refusal",
+  [
+    ("lenet5", {"eval_protocol": "dense"}, "eval_protocol 'dense' needs ImageNet-style photos"),
+    ("vgg", {"eval_protocol": "dense", "image_size": 64}, "needs image_size 224 or more: fc6 reads a 7x7 map"),
+    ("vgg", {"eval_protocol": "dense", "eval_scales": (128,)}, "must list shorter sides of at least 224"),
+  ],
+)
+def test_a_dense_evaluation_that_cannot_run_is_refused_before_training(config, fields, refusal, small_tfds):
+  with pytest.raises(ValueError, match=refusal):
+    train.build(load_config(config, data_dir=small_tfds, **fields))
