@@ -7,6 +7,7 @@ Parses flags and calls cnnjax.train; everything else is importable and tested on
 """
 
 import datetime
+import json
 import os
 import pathlib
 
@@ -15,6 +16,7 @@ from ml_collections import config_flags
 
 from cnnjax import cli, train
 from cnnjax import config as config_lib
+from cnnjax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 
@@ -62,8 +64,22 @@ def main(argv):
   if FLAGS.mode == "train":
     train.train_and_evaluate(configs[0], FLAGS.workdir or default_workdir(FLAGS["config"].config_filename))
   else:
-    result = train.evaluate_ensemble(configs, [w or default_workdir(FLAGS["config"].config_filename) for w in workdirs])
+    workdirs = [w or default_workdir(FLAGS["config"].config_filename) for w in workdirs]
+    result = train.evaluate_ensemble(configs, workdirs)
     print(" ".join(_shown(k, v) for k, v in result.items()))
+    _record(result, workdirs, configs[0])
+
+
+def _record(result: dict, workdirs: list[str], config):
+  """Append --mode=eval's result, with what was evaluated, to the (first) workdir's evaluations.jsonl."""
+  import jax
+
+  if jax.process_index() == 0:
+    scales = {"eval_scales": list(config.eval_scales)} if config.eval_protocol == "dense" else {}
+    line = {"workdirs": workdirs, "dataset": config.dataset, **scales, **result}
+    workdir_lib.Appender(workdir_lib.resolve(workdirs[0]) / "evaluations.jsonl").append(
+      (json.dumps(line) + "\n").encode()
+    )
 
 
 def _shown(name: str, value) -> str:

@@ -2,6 +2,7 @@
 
     python -m cnnjax.throughput --style=cifar                        # uint8 arrays in memory, pad/crop/flip
     python -m cnnjax.throughput --style=imagenet --workers=2         # JPEG files, random-resized crop to 224
+    python -m cnnjax.throughput --style=imagenet --augment=vgg       # another paper's training recipe
 
 Prints img/s and, without workers, img/s per CPU-second of this process (per core). Whether the pipeline keeps
 a train step fed is `python -m cnnjax.bench --input=real` against `--input=fake` (launch/gpu_bench.sh does it
@@ -53,9 +54,10 @@ def _time(iterator, steps: int):
   return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def measure(dataset: Dataset, shape, batch: int, steps: int, workers: int) -> dict:
+def measure(dataset: Dataset, shape, batch: int, steps: int, workers: int, augment: str) -> dict:
   images = batch * steps
-  with data.reading(data.train_batches(dataset, shape, data.Layout(batch), seed=0, workers=workers)) as batches:
+  stream = data.train_batches(dataset, shape, data.Layout(batch), seed=0, augment=augment, workers=workers)
+  with data.reading(stream) as batches:
     wall, cpu = _time(batches, steps)
   result = {"pipeline_img_per_s": images / wall}
   if not workers:  # with workers the work happens in other processes, whose CPU time this one cannot see
@@ -71,6 +73,9 @@ def define_flags():
   flags.DEFINE_integer("batch", 128, "Global batch size.")
   flags.DEFINE_integer("steps", 100, "Batches to time (after 5 of warm-up).")
   flags.DEFINE_integer("workers", 0, "grain worker processes.")
+  flags.DEFINE_enum(
+    "augment", None, data.RECIPES, "The training recipe; default: cifar for --style=cifar, inception for imagenet."
+  )
 
 
 def main(argv):
@@ -80,7 +85,8 @@ def main(argv):
       dataset, shape = cifar_like(), (32, 32, 3)
     else:
       dataset, shape = imagenet_like(folder), (224, 224, 3)
-    result = measure(dataset, shape, batch=FLAGS.batch, steps=FLAGS.steps, workers=FLAGS.workers)
+    augment = FLAGS.augment or {"cifar": "cifar", "imagenet": "inception"}[FLAGS.style]
+    result = measure(dataset, shape, batch=FLAGS.batch, steps=FLAGS.steps, workers=FLAGS.workers, augment=augment)
   for key, value in result.items():
     print(f"{key:24s} {value:10.0f}")
 

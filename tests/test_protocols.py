@@ -2,6 +2,7 @@
 shift and scale jitter; and the evaluation that averages a protocol's views."""
 
 import functools
+import json
 
 import jax
 import numpy as np
@@ -199,6 +200,9 @@ def test_an_ensemble_of_two_workdirs_averages_their_softmax_through_the_command(
   assert float(result["eval_loss"]) == pytest.approx(np.mean(-np.log(mean[np.arange(6), labels])), abs=1e-4)
   assert float(result["eval_accuracy"]) == pytest.approx(np.mean(mean.argmax(-1) == labels))
   assert float(result["top5_error"].rstrip("%")) == pytest.approx(100 * (1 - float(result["eval_top5"])), abs=0.01)
+  recorded = json.loads((tmp_path / "w0" / "evaluations.jsonl").read_text())  # kept in the first workdir
+  assert recorded["workdirs"] == workdirs.split(",") and recorded["eval_scales"] == [224, 256]
+  assert recorded["eval_loss"] == pytest.approx(float(result["eval_loss"]), abs=1e-4)
   # the members differ (else the average would prove nothing)
   assert np.abs(first - second).max() > 1e-3
 
