@@ -101,7 +101,7 @@ def summarize(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
   totals = np.array([float(sums[k]) for k in ("loss", "accuracy", "top5", "count")])
   if jax.process_count() > 1:
     totals = np.asarray(multihost_utils.process_allgather(totals)).sum(0)
-  return _shown(dict(zip(("loss", "accuracy", "top5", "count"), totals)), num_classes)
+  return _shown(dict(zip(("loss", "accuracy", "top5", "count"), map(float, totals))), num_classes)
 
 
 def probabilities(state, run) -> tuple[np.ndarray, np.ndarray]:

@@ -107,3 +107,24 @@ def photo(height: int, width: int, seed: int = 0) -> np.ndarray:
   waves = [np.sin(x / rng.uniform(5, 40) + y / rng.uniform(5, 40) + rng.uniform(0, 6)) for _ in range(3)]
   noise = rng.integers(0, 40, (height, width, 3))
   return (np.stack(waves, -1) * 100 + 110 + noise).clip(0, 255).astype(np.uint8)
+
+
+def thin_resnet(data_dir, **fields):
+  """A ResNet-18 of one thin block per stage on the suite's ImageNet-format dataset at 32x32: cheap to evaluate."""
+  config = load_config("resnet", "18", dataset="imagenet2012", data_dir=data_dir, image_size=32, batch_size=8)
+  config.model_options.update(stage_sizes=(1, 1, 1, 1), widths=(8, 8, 8, 8))
+  config.update(fields)
+  return config
+
+
+def initial_workdir(config, path):
+  """A workdir at `path` holding `config`'s initial state as its step-0 checkpoint; returns (run, state)."""
+  from cnnjax import checkpoint, train
+
+  run = train.build(config)
+  state = train.initial_state(run)
+  ckpt = checkpoint.Checkpointer(str(path), config)
+  ckpt.save(0, state, {})
+  ckpt.wait()
+  ckpt.close()
+  return run, state

@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import SUITE_XLA_FLAGS, free_port
 
-from helpers import ROOT
+from helpers import ROOT, initial_workdir, thin_resnet
 
 # float64 (JAX_ENABLE_X64 below): then one process and two agree to summation order, and a tight bound can tell a
 # real difference. VGG-11 with BatchNorm, thin: BatchNorm statistics and dropout masks must follow the global batch.
@@ -119,3 +119,15 @@ def test_a_lost_process_stops_the_others_within_the_timeout(tfds_dir, tmp_path):
   assert processes[0].returncode != 0
   # JAX's own words, after --distributed_timeout seconds without the peer's heartbeat
   assert "another task died" in err and time.time() - killed < 60
+
+
+def test_two_processes_evaluate_an_ensemble_densely_as_one_process_does(small_tfds, tmp_path):
+  """Dense views and ensembles are scored outside the pmapped step (each host its own examples, on its own devices,
+  in shapes of its own): the hosts' sums must still add up to one process's."""
+  for seed in (0, 1):
+    initial_workdir(thin_resnet(small_tfds, seed=seed, eval_scales=(224, 256)), tmp_path / f"w{seed}")
+  workdirs = f"{tmp_path / 'w0'},{tmp_path / 'w1'}"
+  lines = [finish(launch(workdirs, n, "--mode=eval", "--config.eval_protocol=dense"))[0][0] for n in (1, 2)]
+  one, two = (dict(zip(*[iter(out.splitlines()[-1].split())] * 2)) for out in lines)
+  assert one["protocol"] == two["protocol"] == "dense" and one["models"] == "2"
+  assert one["eval_loss"] == two["eval_loss"] and one["eval_accuracy"] == two["eval_accuracy"]

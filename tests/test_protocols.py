@@ -11,11 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from cnnjax import checkpoint, evaluation, models, train
+from cnnjax import evaluation, models, train
 from cnnjax.data import pipeline, recipes, transforms
 from cnnjax.models import dense
 
-from helpers import load_config, photo
+from helpers import initial_workdir, load_config, photo, thin_resnet
 from helpers import run as run_command
 
 
@@ -143,13 +143,6 @@ def one_at_a_time(run, state) -> tuple[np.ndarray, np.ndarray]:
   return np.array(probabilities), np.array(labels)
 
 
-def thin_resnet(data_dir, **fields):
-  config = load_config("resnet", "18", dataset="imagenet2012", data_dir=data_dir, image_size=32, batch_size=8)
-  config.model_options.update(stage_sizes=(1, 1, 1, 1), widths=(8, 8, 8, 8))  # thin: 864 views stay cheap
-  config.update(fields)
-  return config
-
-
 @pytest.mark.parametrize(
   "name,fields",
   [
@@ -183,13 +176,7 @@ def test_an_ensemble_of_two_workdirs_averages_their_softmax_through_the_command(
   members = []
   for seed in (0, 1):
     config = thin_resnet(small_tfds, seed=seed, eval_protocol="dense", eval_scales=(224, 256))
-    run = train.build(config)
-    state = train.initial_state(run)
-    ckpt = checkpoint.Checkpointer(str(tmp_path / f"w{seed}"), config)
-    ckpt.save(0, state, {})
-    ckpt.wait()
-    ckpt.close()
-    members.append(one_at_a_time(run, state))
+    members.append(one_at_a_time(*initial_workdir(config, tmp_path / f"w{seed}")))
   workdirs = f"{tmp_path / 'w0'},{tmp_path / 'w1'}"
   evaluated = run_command("--mode=eval", f"--workdir={workdirs}")
   assert evaluated.returncode == 0, evaluated.stderr
