@@ -3,6 +3,7 @@
     python -m cnnjax.bench --config=configs/cifar_resnet.py:20                     # the step alone, fake input
     python -m cnnjax.bench --config=configs/resnet.py:50 --config.batch_size=16 --format=json
     python -m cnnjax.bench --config=configs/lenet5.py --input=real                 # fed by the real pipeline
+    python -m cnnjax.bench --config=configs/resnet.py:50 --protocols=center,ten_crop,googlenet144,dense
 
 Same --config and overrides as cnnjax.main. `--input=fake` reuses one batch already on the devices, so it
 times the train step alone; `--input=real` feeds the config's dataset through the real pipeline. Step time is
@@ -12,16 +13,23 @@ the next device batch, dispatching the step): waiting for a CPU device costs no 
 spins while it waits, so on GPUs the figure is an upper bound. Start-up runs from the process's start to the
 first finished step, with the persistent compilation cache as users have it (--nocompilation_cache: cold).
 FLOPs per image are 3 x 2 x the model's multiply-adds (forward, and a backward of twice the forward).
+`--protocols` times evaluation instead, under each test protocol, on --images JPEG photos of ImageNet's usual sizes
+(375x500, every third 500x375), random weights: images and views per second of a second pass (the first compiles
+every shape it meets, and is reported too).
 A benchmark, not a test: tests only check that it runs and reports every field.
 """
 
 import contextlib
+import functools
 import json
+import pathlib
 import resource
 import statistics
+import tempfile
 import time
 
 import jax
+import numpy as np
 import psutil
 from absl import flags
 from ml_collections import config_flags
@@ -80,6 +88,39 @@ def run(config, input_kind: str = "fake", steps: int = 20, window: int = 5, warm
   eval_s = (time.perf_counter() - start) / window
   macs = complexity.cost(models.unsynchronised(run.step_config.model), shape).macs
   return _report(config, input_kind, shape=shape, macs=macs, timing=timing, eval_s=eval_s)
+
+
+def protocol_costs(config, protocols, images: int, folder: str) -> list[dict]:
+  """Evaluation under each of `protocols` of `images` photos written to `folder` (see the module docstring)."""
+  from PIL import Image
+
+  from cnnjax import evaluation
+  from cnnjax.data.sources import IMAGENET_STATS, Dataset, Spec, image_folder
+
+  rng = np.random.default_rng(0)
+  for i in range(images):  # smooth noise, so they compress like photos
+    shape = (500, 375) if i % 3 == 2 else (375, 500)
+    small = Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
+    (pathlib.Path(folder) / "c0").mkdir(exist_ok=True)
+    small.resize(shape[::-1], Image.BILINEAR).save(pathlib.Path(folder) / "c0" / f"{i}.jpg", quality=90)
+  photos = image_folder(folder, test_fraction=0.0).train
+  config.dataset, config.augment = "imagenet2012", "none"  # the photos stand in for its validation images
+  dataset = Dataset("photos", photos, photos, CLASSES["imagenet2012"], Spec("imagenet", IMAGENET_STATS))
+  rows = []
+  for protocol in protocols:
+    config.eval_protocol = protocol
+    run = train.build(config, dataset=dataset)
+    state = devices.replicate(train.initial_state(run), devices.device_mesh())
+    evaluate = functools.partial(evaluation.evaluate_state, train.pmapped_steps(run.step_config)[1], state, run)
+    first = time.perf_counter()
+    evaluate()
+    first_s = time.perf_counter() - first
+    views = data.views_per_image(protocol, config.eval_scales)
+    cost = evaluation.timed(evaluate, images, views)
+    scales = ",".join(map(str, config.eval_scales)) if protocol == "dense" else ""
+    rows.append({"model": config.model, "protocol": protocol, "scales": scales, "views": views} | cost)
+    rows[-1]["first_pass_s"] = round(first_s, 1)
+  return rows
 
 
 def _time_train(p_train, state, batches, steps: int, window: int, warmup: int):
@@ -145,6 +186,8 @@ def define_flags():
   flags.DEFINE_integer("window", 5, "Steps between host syncs while timing.")
   flags.DEFINE_enum("format", "table", ["table", "json"], "Output format.")
   flags.DEFINE_bool("compilation_cache", True, "Use the persistent compilation cache, as training does.")
+  flags.DEFINE_list("protocols", [], "Time evaluation under these test protocols instead (a markdown table).")
+  flags.DEFINE_integer("images", 10, "--protocols: how many test photos.")
   flags.mark_flags_as_required(["config"])
 
 
@@ -153,7 +196,20 @@ def main(argv):
   if not FLAGS.compilation_cache:
     jax.config.update("jax_enable_compilation_cache", False)
   cli.start()
-  report = run(config_lib.from_command_line(FLAGS["config"]), FLAGS.input, FLAGS.steps, FLAGS.window)
+  config = config_lib.from_command_line(FLAGS["config"])
+  if FLAGS.protocols:
+    with tempfile.TemporaryDirectory() as folder:
+      rows = protocol_costs(config, FLAGS.protocols, FLAGS.images, folder)
+    print("| model | protocol | views per image | images/s | views/s | first pass (compiling) |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+      protocol = f"{r['protocol']} ({r['scales']})" if r["scales"] else r["protocol"]
+      line = (
+        f"{r['model']} | {protocol} | {r['views']} | {r['images_per_s']} | {r['views_per_s']} | {r['first_pass_s']} s"
+      )
+      print(f"| {line} |")
+    return
+  report = run(config, FLAGS.input, FLAGS.steps, FLAGS.window)
   print(render(report, FLAGS.format))
 
 

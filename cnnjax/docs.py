@@ -241,6 +241,28 @@ SECTIONS = (
     table=printed_text,
   ),
   Section(
+    "recipe-throughput",
+    "protocols.md",
+    (("cnnjax.throughput", "--style=imagenet", "--augment=all", "--batch=32", "--steps=16"),),
+    quick={0: ("--steps=2",)},
+    table=printed_tables,
+  ),
+  Section(
+    "protocol-cost",
+    "protocols.md",
+    (
+      (
+        "cnnjax.bench",
+        "--config=configs/resnet.py:50",
+        "--config.batch_size=16",
+        "--protocols=center,ten_crop,googlenet144,dense",
+      ),
+      ("cnnjax.bench", "--config=configs/vgg.py:16", "--config.batch_size=16", "--protocols=center,ten_crop,dense"),
+    ),
+    quick=dict.fromkeys(range(2), ("--images=1",)),
+    table=printed_tables,
+  ),
+  Section(
     "cpu-bench",
     "performance.md",
     tuple(command for _, ours, theirs in BENCH for command in (ours, theirs)),

@@ -11,6 +11,7 @@ each example's probabilities; so are ensembles, whose members' probabilities are
 
 import collections
 import functools
+import math
 import time
 
 import jax
@@ -110,7 +111,6 @@ def probabilities(state, run) -> tuple[np.ndarray, np.ndarray]:
   step_config, mesh = run.step_config, device_mesh()
   if run.config.eval_protocol == "dense":
     return _dense_probabilities(state, run, mesh)
-  score = jax.jit(lambda s, images: jnp.exp(view_scores(s, images.reshape(-1, *images.shape[2:]), step_config)))
   config, kept, labels = run.config, [], []
   stream = data.eval_batches(
     run.dataset, _input_shape(config), _crop_layout(run), config.workers, protocol=config.eval_protocol
@@ -119,11 +119,18 @@ def probabilities(state, run) -> tuple[np.ndarray, np.ndarray]:
     for batch in batches:
       real = batch["mask"].reshape(-1) > 0
       images = jax.device_put(batch["image"], batch_sharding(mesh))
-      kept.append(np.asarray(score(state, images), np.float64)[real])
+      kept.append(np.asarray(_view_probabilities(state, images, step_config), np.float64)[real])
       labels.append(batch["label"].reshape(-1)[real])
   return np.concatenate(kept), np.concatenate(labels)
 
 
+@functools.partial(jax.jit, static_argnames="step_config")  # traced once per step_config and shape
+def _view_probabilities(state, images, step_config):
+  """Mean probabilities over each image's views of a host batch [devices, per_device, (views,) H, W, C]."""
+  return jnp.exp(view_scores(state, images.reshape(-1, *images.shape[2:]), step_config))
+
+
+@functools.partial(jax.jit, static_argnames="step_config")
 def dense_step(state, images, step_config):
   """Mean probabilities [B, classes] of uint8 images [B, H, W, C] and their mirrors, each scored by its whole
   class-score map averaged (models/dense.py)."""
@@ -154,7 +161,6 @@ def _dense_probabilities(state, run, mesh) -> tuple[np.ndarray, np.ndarray]:
   shape, scales = _input_shape(config), config.eval_scales
   local = np.arange(layout.process_index, len(test), layout.process_count)
   sums, labels = np.zeros((len(local), run.dataset.num_classes)), np.zeros(len(local), np.int32)
-  step = jax.jit(functools.partial(dense_step, step_config=run.step_config))
   sharding, groups = NamedSharding(mesh, PartitionSpec(AXIS)), collections.defaultdict(list)
   per_device = layout.global_batch // (layout.process_count * layout.local_devices)
 
@@ -163,9 +169,14 @@ def _dense_probabilities(state, run, mesh) -> tuple[np.ndarray, np.ndarray]:
 
   def flush(key):
     positions, views = zip(*groups.pop(key))
-    images = np.zeros((fill(*key[:2]), *key), np.uint8)
+    # a group left over at the end: padded to a power of two per device, not to a full step (few shapes, little waste)
+    per_step = min(
+      fill(*key[:2]), layout.local_devices * 2 ** math.ceil(math.log2(-(-len(views) // layout.local_devices)))
+    )
+    images = np.zeros((per_step, *key), np.uint8)
     images[: len(views)] = views
-    sums[list(positions)] += np.asarray(step(state, jax.device_put(images, sharding)), np.float64)[: len(views)]
+    scored = dense_step(state, jax.device_put(images, sharding), run.step_config)
+    sums[list(positions)] += np.asarray(scored, np.float64)[: len(views)]
 
   for start in range(0, len(local), 32):
     chunk = local[start : start + 32]

@@ -3,6 +3,7 @@
     python -m cnnjax.throughput --style=cifar                        # uint8 arrays in memory, pad/crop/flip
     python -m cnnjax.throughput --style=imagenet --workers=2         # JPEG files, random-resized crop to 224
     python -m cnnjax.throughput --style=imagenet --augment=vgg       # another paper's training recipe
+    python -m cnnjax.throughput --style=imagenet --augment=all       # every recipe, a table
 
 Prints img/s and, without workers, img/s per CPU-second of this process (per core). Whether the pipeline keeps
 a train step fed is `python -m cnnjax.bench --input=real` against `--input=fake` (launch/gpu_bench.sh does it
@@ -18,6 +19,7 @@ from absl import flags
 from PIL import Image
 
 from cnnjax import cli, data
+from cnnjax.data import recipes
 from cnnjax.data.sources import IMAGENET_STATS, TFDS, ArraySource, Dataset, Spec, image_folder
 
 FLAGS = flags.FLAGS
@@ -73,8 +75,11 @@ def define_flags():
   flags.DEFINE_integer("batch", 128, "Global batch size.")
   flags.DEFINE_integer("steps", 100, "Batches to time (after 5 of warm-up).")
   flags.DEFINE_integer("workers", 0, "grain worker processes.")
-  flags.DEFINE_enum(
-    "augment", None, data.RECIPES, "The training recipe; default: cifar for --style=cifar, inception for imagenet."
+  flags.DEFINE_list(
+    "augment",
+    [],
+    "Training recipes to time (one row each; 'all': every recipe the style takes); default: cifar for "
+    "--style=cifar, inception for imagenet.",
   )
 
 
@@ -85,10 +90,23 @@ def main(argv):
       dataset, shape = cifar_like(), (32, 32, 3)
     else:
       dataset, shape = imagenet_like(folder), (224, 224, 3)
-    augment = FLAGS.augment or {"cifar": "cifar", "imagenet": "inception"}[FLAGS.style]
-    result = measure(dataset, shape, batch=FLAGS.batch, steps=FLAGS.steps, workers=FLAGS.workers, augment=augment)
-  for key, value in result.items():
-    print(f"{key:24s} {value:10.0f}")
+    takes = recipes.IMAGENET_RECIPES if FLAGS.style == "imagenet" else recipes.CIFAR_RECIPES
+    chosen = (
+      takes if FLAGS.augment == ["all"] else FLAGS.augment or [takes[0] if FLAGS.style == "cifar" else "inception"]
+    )
+    results = {
+      augment: measure(dataset, shape, batch=FLAGS.batch, steps=FLAGS.steps, workers=FLAGS.workers, augment=augment)
+      for augment in chosen
+    }
+  if len(results) == 1:
+    for key, value in next(iter(results.values())).items():
+      print(f"{key:24s} {value:10.0f}")
+    return
+  keys = list(next(iter(results.values())))
+  print("| recipe | " + " | ".join(keys) + " |")
+  print("|---" * (len(keys) + 1) + "|")
+  for augment, result in results.items():
+    print(f"| `{augment}` | " + " | ".join(f"{result[k]:.0f}" for k in keys) + " |")
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def test_throughput_on_jpeg_files_prints_its_figures_alone():
   """Its JPEG files live in a temporary folder: every reader of them has stopped before the folder goes, so no
   warning about a vanished file follows the figures."""
   done = subprocess.run(
-    [sys.executable, "-m", "cnnjax.throughput", "--style=imagenet", "--batch=8", "--steps=2"],
+    [sys.executable, "-m", "cnnjax.throughput", "--style=imagenet", "--augment=all", "--batch=8", "--steps=2"],
     cwd=ROOT,
     capture_output=True,
     text=True,
@@ -69,7 +69,15 @@ def test_throughput_on_jpeg_files_prints_its_figures_alone():
   )
   assert done.returncode == 0, done.stderr[-2000:]
   lines = (done.stdout + done.stderr).splitlines()
-  assert [line.split()[0] for line in lines] == ["pipeline_img_per_s", "pipeline_img_per_cpu_s"], lines
+  # one row per recipe photos take, in a markdown table
+  assert lines[0] == "| recipe | pipeline_img_per_s | pipeline_img_per_cpu_s |" and len(lines) == 7, lines
+  assert [line.split("|")[1].strip() for line in lines[2:]] == [
+    "`alexnet`",
+    "`vgg`",
+    "`resnet`",
+    "`inception`",
+    "`none`",
+  ]
 
 
 def test_docs_remakes_a_pages_figures_and_tables_between_its_markers(tmp_path):

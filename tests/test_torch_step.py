@@ -90,7 +90,7 @@ def cnnjax_config(name: str, trainable: str = "all"):
     warmup_type="constant",
     warmup_lr=config.learning_rate / 10,
     trainable=trainable,
-    augment=False,
+    augment="none",
   )
   if config.schedule == "step":
     config.lr_decay_steps = (3,)
