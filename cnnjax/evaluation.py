@@ -80,7 +80,7 @@ def _input_shape(config) -> tuple[int, int, int]:
 def evaluate_state(p_eval, state, run) -> dict:
   """Loss, accuracy and top-5 over the whole test split (each example once) under the run's `eval_protocol`."""
   if run.config.eval_protocol == "dense":
-    return summarize(*probabilities(state, run), run.dataset.num_classes)
+    return summarize(*log_probabilities(state, run), run.dataset.num_classes)
   config = run.config
   stream = data.eval_batches(
     run.dataset, _input_shape(config), _crop_layout(run), config.workers, protocol=config.eval_protocol
@@ -96,21 +96,22 @@ def _shown(sums: dict, num_classes: int) -> dict:
   return {f"eval_{k}": sums[k] / sums["count"] for k in shown}
 
 
-def summarize(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
-  """The metrics of this host's examples' mean probabilities `probs` [n, classes], summed over every host."""
-  sums = metric_sums(jnp.log(jnp.asarray(probs, jnp.float32)), jnp.asarray(labels), jnp.ones(len(labels)))
+def summarize(log_probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
+  """The metrics of this host's examples' log mean probabilities [n, classes], summed over every host."""
+  sums = metric_sums(jnp.asarray(log_probs, jnp.float32), jnp.asarray(labels), jnp.ones(len(labels)))
   totals = np.array([float(sums[k]) for k in ("loss", "accuracy", "top5", "count")])
   if jax.process_count() > 1:
     totals = np.asarray(multihost_utils.process_allgather(totals)).sum(0)
   return _shown(dict(zip(("loss", "accuracy", "top5", "count"), map(float, totals))), num_classes)
 
 
-def probabilities(state, run) -> tuple[np.ndarray, np.ndarray]:
-  """(mean probabilities [n, classes] float64, labels [n]) of this host's test examples under the run's protocol,
-  in the order of its share of the test split (every host's order is fixed: an ensemble's members line up)."""
+def log_probabilities(state, run) -> tuple[np.ndarray, np.ndarray]:
+  """(log mean probabilities [n, classes] float64, labels [n]) of this host's test examples under the run's protocol,
+  in the order of its share of the test split (every host's order is fixed: an ensemble's members line up). Logs,
+  as a confidently wrong network's probabilities underflow."""
   step_config, mesh = run.step_config, device_mesh()
   if run.config.eval_protocol == "dense":
-    return _dense_probabilities(state, run, mesh)
+    return _dense_log_probabilities(state, run, mesh)
   config, kept, labels = run.config, [], []
   stream = data.eval_batches(
     run.dataset, _input_shape(config), _crop_layout(run), config.workers, protocol=config.eval_protocol
@@ -119,25 +120,25 @@ def probabilities(state, run) -> tuple[np.ndarray, np.ndarray]:
     for batch in batches:
       real = batch["mask"].reshape(-1) > 0
       images = jax.device_put(batch["image"], batch_sharding(mesh))
-      kept.append(np.asarray(_view_probabilities(state, images, step_config), np.float64)[real])
+      kept.append(np.asarray(_view_log_probabilities(state, images, step_config), np.float64)[real])
       labels.append(batch["label"].reshape(-1)[real])
   return np.concatenate(kept), np.concatenate(labels)
 
 
 @functools.partial(jax.jit, static_argnames="step_config")  # traced once per step_config and shape
-def _view_probabilities(state, images, step_config):
-  """Mean probabilities over each image's views of a host batch [devices, per_device, (views,) H, W, C]."""
-  return jnp.exp(view_scores(state, images.reshape(-1, *images.shape[2:]), step_config))
+def _view_log_probabilities(state, images, step_config):
+  """Log mean probabilities over each image's views of a host batch [devices, per_device, (views,) H, W, C]."""
+  return view_scores(state, images.reshape(-1, *images.shape[2:]), step_config)
 
 
 @functools.partial(jax.jit, static_argnames="step_config")
 def dense_step(state, images, step_config):
-  """Mean probabilities [B, classes] of uint8 images [B, H, W, C] and their mirrors, each scored by its whole
+  """Log mean probabilities [B, classes] of uint8 images [B, H, W, C] and their mirrors, each scored by its whole
   class-score map averaged (models/dense.py)."""
   x = data.normalize(images, step_config.mean, step_config.std).astype(step_config.compute_dtype)
   logits = dense.dense_logits(models.unsynchronised(step_config.model), _variables(state, step_config), x)
   mirrored = dense.dense_logits(models.unsynchronised(step_config.model), _variables(state, step_config), x[:, :, ::-1])
-  return (jnp.exp(_log_softmax(logits)) + jnp.exp(_log_softmax(mirrored))) / 2
+  return jnp.logaddexp(_log_softmax(logits), _log_softmax(mirrored)) - jnp.log(2.0)
 
 
 def check_dense(config, model):
@@ -154,13 +155,13 @@ def check_dense(config, model):
     )
 
 
-def _dense_probabilities(state, run, mesh) -> tuple[np.ndarray, np.ndarray]:
+def _dense_log_probabilities(state, run, mesh) -> tuple[np.ndarray, np.ndarray]:
   """Every local test image at each of `eval_scales`, grouped by shape, a group scored when it fills a step (as
   many pixels per device as a training batch at most, at least one image per device)."""
   config, layout, test = run.config, run.layout, run.dataset.test
   shape, scales = _input_shape(config), config.eval_scales
   local = np.arange(layout.process_index, len(test), layout.process_count)
-  sums, labels = np.zeros((len(local), run.dataset.num_classes)), np.zeros(len(local), np.int32)
+  sums, labels = np.full((len(local), run.dataset.num_classes), -np.inf), np.zeros(len(local), np.int32)
   sharding, groups = NamedSharding(mesh, PartitionSpec(AXIS)), collections.defaultdict(list)
   per_device = layout.global_batch // (layout.process_count * layout.local_devices)
 
@@ -176,7 +177,7 @@ def _dense_probabilities(state, run, mesh) -> tuple[np.ndarray, np.ndarray]:
     images = np.zeros((per_step, *key), np.uint8)
     images[: len(views)] = views
     scored = dense_step(state, jax.device_put(images, sharding), run.step_config)
-    sums[list(positions)] += np.asarray(scored, np.float64)[: len(views)]
+    np.logaddexp.at(sums, list(positions), np.asarray(scored, np.float64)[: len(views)])  # (a sum of probabilities)
 
   for start in range(0, len(local), 32):
     chunk = local[start : start + 32]
@@ -189,7 +190,7 @@ def _dense_probabilities(state, run, mesh) -> tuple[np.ndarray, np.ndarray]:
           flush(view.shape)
   for key in list(groups):
     flush(key)
-  return sums / len(scales), labels
+  return sums - np.log(len(scales)), labels
 
 
 def timed(evaluate, examples: int, views: int) -> dict:
@@ -198,7 +199,8 @@ def timed(evaluate, examples: int, views: int) -> dict:
   start = time.perf_counter()
   result = evaluate()
   seconds = time.perf_counter() - start
-  return result | {"images_per_s": round(examples / seconds, 1), "views_per_s": round(examples * views / seconds, 1)}
+  rates = {"images_per_s": examples / seconds, "views_per_s": examples * views / seconds}
+  return result | {k: float(f"{v:.4g}") for k, v in rates.items()}  # 4 digits: 0.1067 as 1322.8
 
 
 def ensemble(members) -> dict:
@@ -209,5 +211,10 @@ def ensemble(members) -> dict:
     theirs, ours = (run.config.dataset, run.config.classes), (first.config.dataset, first.config.classes)
     if theirs != ours:
       raise ValueError(f"an ensemble's members must be evaluated on one test set: {ours} and {theirs} differ")
-  outputs = [probabilities(state, run) for run, state in members]
-  return summarize(np.mean([p for p, _ in outputs], axis=0), outputs[0][1], first.dataset.num_classes)
+  outputs = [log_probabilities(state, run) for run, state in members]
+  if any(not np.array_equal(labels, outputs[0][1]) for _, labels in outputs):
+    raise ValueError(
+      "an ensemble's members read different labels from their test sets: give them one --config.data_dir"
+    )
+  mean = np.logaddexp.reduce([p for p, _ in outputs], axis=0) - np.log(len(outputs))  # of the probabilities
+  return summarize(mean, outputs[0][1], first.dataset.num_classes)

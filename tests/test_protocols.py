@@ -274,3 +274,18 @@ def test_dense_views_keep_the_whole_image_cut_to_the_stride_and_group_into_few_s
 def test_a_dense_evaluation_that_cannot_run_is_refused_before_training(config, fields, refusal, small_tfds):
   with pytest.raises(ValueError, match=refusal):
     train.build(load_config(config, data_dir=small_tfds, **fields))
+
+
+def test_a_confidently_wrong_network_has_a_finite_loss_under_every_protocol(small_tfds):
+  """Logits of +-1e4: the true class's probability underflows in any float, so the views' and the members' mean
+  probabilities are taken in log space (a loss of inf told nothing)."""
+  losses = {}
+  for protocol in ("center", "dense"):
+    run = train.build(thin_resnet(small_tfds, eval_protocol=protocol, eval_scales=(224,)))
+    state = train.initial_state(run)
+    fc = state.params["fc"]
+    state = state.replace(params={**state.params, "fc": {**fc, "kernel": fc["kernel"] * 1e5}})
+    losses[protocol] = evaluation.evaluate_state(train.pmapped_steps(run.step_config)[1], state, run)["eval_loss"]
+    losses[f"{protocol} ensemble"] = evaluation.ensemble([(run, state), (run, state)])["eval_loss"]
+  assert all(100 < loss < np.inf for loss in losses.values()), losses
+  assert losses["center"] == pytest.approx(losses["center ensemble"], rel=1e-5)  # two equal members: one network
