@@ -170,12 +170,13 @@ def test_each_protocol_scores_every_test_image_by_its_views_mean_softmax(small_t
   assert result["eval_accuracy"] == pytest.approx(np.mean(probabilities.argmax(-1) == labels))
 
 
-def test_an_ensemble_of_two_workdirs_averages_their_softmax_through_the_command(small_tfds, tmp_path):
-  """`--mode=eval --workdir=W1,W2` (dense, as each member's config.json says nothing else) against the two networks'
-  probabilities, each computed one image at a time, averaged."""
+@pytest.mark.parametrize("protocol", ["dense", "googlenet144"])
+def test_an_ensemble_of_two_workdirs_averages_their_softmax_through_the_command(small_tfds, tmp_path, protocol):
+  """`--mode=eval --workdir=W1,W2` (each member under the protocol its config.json names) against the two networks'
+  probabilities, each computed one image at a time, averaged; the line kept in the first workdir."""
   members = []
   for seed in (0, 1):
-    config = thin_resnet(small_tfds, seed=seed, eval_protocol="dense", eval_scales=(224, 256))
+    config = thin_resnet(small_tfds, seed=seed, eval_protocol=protocol, eval_scales=(224, 256))
     members.append(one_at_a_time(*initial_workdir(config, tmp_path / f"w{seed}")))
   workdirs = f"{tmp_path / 'w0'},{tmp_path / 'w1'}"
   evaluated = run_command("--mode=eval", f"--workdir={workdirs}")
@@ -183,12 +184,14 @@ def test_an_ensemble_of_two_workdirs_averages_their_softmax_through_the_command(
   result = dict(zip(*[iter(evaluated.stdout.splitlines()[-1].split())] * 2))
   (first, labels), (second, _) = members
   mean = (first + second) / 2
-  assert (result["models"], result["steps"], result["protocol"]) == ("2", "0,0", "dense")
+  assert (result["models"], result["steps"], result["protocol"]) == ("2", "0,0", protocol)
   assert float(result["eval_loss"]) == pytest.approx(np.mean(-np.log(mean[np.arange(6), labels])), abs=1e-4)
   assert float(result["eval_accuracy"]) == pytest.approx(np.mean(mean.argmax(-1) == labels))
   assert float(result["top5_error"].rstrip("%")) == pytest.approx(100 * (1 - float(result["eval_top5"])), abs=0.01)
   recorded = json.loads((tmp_path / "w0" / "evaluations.jsonl").read_text())  # kept in the first workdir
-  assert recorded["workdirs"] == workdirs.split(",") and recorded["eval_scales"] == [224, 256]
+  assert recorded["workdirs"] == workdirs.split(",") and recorded.get("eval_scales") == (
+    [224, 256] if protocol == "dense" else None
+  )
   assert recorded["eval_loss"] == pytest.approx(float(result["eval_loss"]), abs=1e-4)
   # the members differ (else the average would prove nothing)
   assert np.abs(first - second).max() > 1e-3
