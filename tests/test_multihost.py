@@ -14,6 +14,8 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import SUITE_XLA_FLAGS, free_port
 
+from cnnjax import evaluation
+
 from helpers import ROOT, initial_workdir, thin_resnet
 
 # float64 (JAX_ENABLE_X64 below): then one process and two agree to summation order, and a tight bound can tell a
@@ -123,11 +125,15 @@ def test_a_lost_process_stops_the_others_within_the_timeout(tfds_dir, tmp_path):
 
 def test_two_processes_evaluate_an_ensemble_densely_as_one_process_does(small_tfds, tmp_path):
   """Dense views and ensembles are scored outside the pmapped step (each host its own examples, on its own devices,
-  in shapes of its own): the hosts' sums must still add up to one process's."""
+  in shapes of its own): the two hosts' sums must still add up to what one process finds (here, in this one)."""
+  members = []
   for seed in (0, 1):
-    initial_workdir(thin_resnet(small_tfds, seed=seed, eval_scales=(224, 256)), tmp_path / f"w{seed}")
+    config = thin_resnet(small_tfds, seed=seed, eval_protocol="dense", eval_scales=(224, 256))
+    members.append(initial_workdir(config, tmp_path / f"w{seed}"))
+  expected = evaluation.ensemble(members)
   workdirs = f"{tmp_path / 'w0'},{tmp_path / 'w1'}"
-  lines = [finish(launch(workdirs, n, "--mode=eval", "--config.eval_protocol=dense"))[0][0] for n in (1, 2)]
-  one, two = (dict(zip(*[iter(out.splitlines()[-1].split())] * 2)) for out in lines)
-  assert one["protocol"] == two["protocol"] == "dense" and one["models"] == "2"
-  assert one["eval_loss"] == two["eval_loss"] and one["eval_accuracy"] == two["eval_accuracy"]
+  out = finish(launch(workdirs, 2, "--mode=eval"))[0][0]
+  two = dict(zip(*[iter(out.splitlines()[-1].split())] * 2))
+  assert two["protocol"] == "dense" and two["models"] == "2"
+  assert float(two["eval_loss"]) == pytest.approx(expected["eval_loss"], abs=1e-4)  # (printed to 4 decimals)
+  assert float(two["eval_accuracy"]) == pytest.approx(expected["eval_accuracy"], abs=1e-4)
