@@ -49,8 +49,13 @@ flags.FLAGS.mark_as_parsed()
 
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory):
-  """A tfds data directory for the session, so `digits` is prepared once."""
-  return str(tmp_path_factory.mktemp("tensorflow_datasets"))
+  """A tfds data directory for the session with `digits` prepared once, here: a command's output does not depend on
+  whether an earlier test prepared it (tfds announces a preparation on stdout)."""
+  from cnnjax import data
+
+  path = str(tmp_path_factory.mktemp("tensorflow_datasets"))
+  data.load("digits", path)
+  return path
 
 
 @pytest.fixture(scope="session")
