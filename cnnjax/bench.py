@@ -20,16 +20,15 @@ A benchmark, not a test: tests only check that it runs and reports every field.
 """
 
 import contextlib
+import dataclasses
 import functools
 import json
-import pathlib
 import resource
 import statistics
 import tempfile
 import time
 
 import jax
-import numpy as np
 import psutil
 from absl import flags
 from ml_collections import config_flags
@@ -92,20 +91,12 @@ def run(config, input_kind: str = "fake", steps: int = 20, window: int = 5, warm
 
 def protocol_costs(config, protocols, images: int, folder: str) -> list[dict]:
   """Evaluation under each of `protocols` of `images` photos written to `folder` (see the module docstring)."""
-  from PIL import Image
-
   from cnnjax import evaluation
-  from cnnjax.data.sources import IMAGENET_STATS, Dataset, Spec, image_folder
+  from cnnjax.throughput import imagenet_like
 
-  rng = np.random.default_rng(0)
-  for i in range(images):  # smooth noise, so they compress like photos
-    shape = (500, 375) if i % 3 == 2 else (375, 500)
-    small = Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
-    (pathlib.Path(folder) / "c0").mkdir(exist_ok=True)
-    small.resize(shape[::-1], Image.BILINEAR).save(pathlib.Path(folder) / "c0" / f"{i}.jpg", quality=90)
-  photos = image_folder(folder, test_fraction=0.0).train
+  photos = imagenet_like(folder, images, classes=1, portraits=True)
   config.dataset, config.augment = "imagenet2012", "none"  # the photos stand in for its validation images
-  dataset = Dataset("photos", photos, photos, CLASSES["imagenet2012"], Spec("imagenet", IMAGENET_STATS))
+  dataset = dataclasses.replace(photos, test=photos.train, num_classes=CLASSES["imagenet2012"])
   rows = []
   for protocol in protocols:
     config.eval_protocol = protocol

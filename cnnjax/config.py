@@ -73,6 +73,11 @@ def base() -> ml_collections.ConfigDict:
   return config
 
 
+def input_shape(config) -> tuple[int, int, int]:
+  """(H, W, C) of the images the config's model takes."""
+  return (config.image_size, config.image_size, config.channels)
+
+
 def load(name: str, arg: str = "") -> ml_collections.ConfigDict:
   """configs/NAME.py's get_config(arg), as `--config=configs/NAME.py:ARG` gives it, unlocked."""
   return load_file(CONFIGS / f"{name}.py", arg)

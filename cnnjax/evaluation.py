@@ -22,6 +22,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from cnnjax import data, models
+from cnnjax.config import input_shape
 from cnnjax.data import recipes
 from cnnjax.devices import AXIS, batch_sharding, device_mesh, dispatched, layout_of
 from cnnjax.models import dense
@@ -64,6 +65,13 @@ def eval_step(state, batch, step_config):
   return lax.psum(metric_sums(scores, batch["label"], batch["mask"]), AXIS)
 
 
+def _crop_batches(run):
+  """The test split's batches under the run's crop protocol."""
+  config = run.config
+  shape, protocol = input_shape(config), config.eval_protocol
+  return data.eval_batches(run.dataset, shape, _crop_layout(run), config.workers, protocol=protocol)
+
+
 def _crop_layout(run) -> data.Layout:
   """The run's layout, or for a protocol of V views one of batch_size / V examples (at least one per device)."""
   layout, views = run.layout, data.views_per_image(run.config.eval_protocol)
@@ -73,19 +81,11 @@ def _crop_layout(run) -> data.Layout:
   return layout_of(max(split, layout.global_batch // views // split * split))
 
 
-def _input_shape(config) -> tuple[int, int, int]:
-  return config.image_size, config.image_size, config.channels
-
-
 def evaluate_state(p_eval, state, run) -> dict:
   """Loss, accuracy and top-5 over the whole test split (each example once) under the run's `eval_protocol`."""
   if run.config.eval_protocol == "dense":
     return summarize(*log_probabilities(state, run), run.dataset.num_classes)
-  config = run.config
-  stream = data.eval_batches(
-    run.dataset, _input_shape(config), _crop_layout(run), config.workers, protocol=config.eval_protocol
-  )
-  with data.reading(stream) as batches:
+  with data.reading(_crop_batches(run)) as batches:
     sums = functools.reduce(lambda a, b: jax.tree.map(jnp.add, a, b), (dispatched(p_eval, state, b) for b in batches))
   return _shown(jax.tree.map(float, jax.device_get(sums)), run.dataset.num_classes)
 
@@ -112,11 +112,8 @@ def log_probabilities(state, run) -> tuple[np.ndarray, np.ndarray]:
   step_config, mesh = run.step_config, device_mesh()
   if run.config.eval_protocol == "dense":
     return _dense_log_probabilities(state, run, mesh)
-  config, kept, labels = run.config, [], []
-  stream = data.eval_batches(
-    run.dataset, _input_shape(config), _crop_layout(run), config.workers, protocol=config.eval_protocol
-  )
-  with data.reading(stream) as batches:
+  kept, labels = [], []
+  with data.reading(_crop_batches(run)) as batches:
     for batch in batches:
       real = batch["mask"].reshape(-1) > 0
       images = jax.device_put(batch["image"], batch_sharding(mesh))
@@ -136,8 +133,10 @@ def dense_step(state, images, step_config):
   """Log mean probabilities [B, classes] of uint8 images [B, H, W, C] and their mirrors, each scored by its whole
   class-score map averaged (models/dense.py)."""
   x = data.normalize(images, step_config.mean, step_config.std).astype(step_config.compute_dtype)
-  logits = dense.dense_logits(models.unsynchronised(step_config.model), _variables(state, step_config), x)
-  mirrored = dense.dense_logits(models.unsynchronised(step_config.model), _variables(state, step_config), x[:, :, ::-1])
+  score = functools.partial(
+    dense.dense_logits, models.unsynchronised(step_config.model), _variables(state, step_config)
+  )
+  logits, mirrored = score(x), score(x[:, :, ::-1])
   return jnp.logaddexp(_log_softmax(logits), _log_softmax(mirrored)) - jnp.log(2.0)
 
 
@@ -159,7 +158,7 @@ def _dense_log_probabilities(state, run, mesh) -> tuple[np.ndarray, np.ndarray]:
   """Every local test image at each of `eval_scales`, grouped by shape, a group scored when it fills a step (as
   many pixels per device as a training batch at most, at least one image per device)."""
   config, layout, test = run.config, run.layout, run.dataset.test
-  shape, scales = _input_shape(config), config.eval_scales
+  shape, scales = input_shape(config), config.eval_scales
   local = np.arange(layout.process_index, len(test), layout.process_count)
   sums, labels = np.full((len(local), run.dataset.num_classes), -np.inf), np.zeros(len(local), np.int32)
   sharding, groups = NamedSharding(mesh, PartitionSpec(AXIS)), collections.defaultdict(list)

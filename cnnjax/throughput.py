@@ -32,15 +32,16 @@ def cifar_like(n: int = 50_000) -> Dataset:
   return Dataset("cifar-like", train=source, test=source, num_classes=10, spec=TFDS["cifar10"])
 
 
-def imagenet_like(folder: str, n: int = 256, classes: int = 10) -> Dataset:
-  """n JPEG files of 375x500 (ImageNet's most common size) in `classes` class folders, smooth noise so they
-  compress like photos."""
+def imagenet_like(folder: str, n: int = 256, classes: int = 10, portraits: bool = False) -> Dataset:
+  """n JPEG files of 375x500 (ImageNet's most common size; with `portraits`, every third 500x375) in `classes` class
+  folders, smooth noise so they compress like photos."""
   rng = np.random.default_rng(0)
   for i in range(n):
     path = pathlib.Path(folder) / f"c{i % classes}"
     path.mkdir(exist_ok=True)
     small = Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
-    small.resize((500, 375), Image.BILINEAR).save(path / f"{i}.jpg", quality=90)
+    size = (375, 500) if portraits and i % 3 == 2 else (500, 375)
+    small.resize(size, Image.BILINEAR).save(path / f"{i}.jpg", quality=90)
   dataset = image_folder(folder, test_fraction=0.0)
   return Dataset(
     "imagenet-like", train=dataset.train, test=dataset.test, num_classes=classes, spec=Spec("imagenet", IMAGENET_STATS)

@@ -22,6 +22,7 @@ from jax import lax
 from cnnjax import checkpoint, data, evaluation, metrics, models, optim, stopping
 from cnnjax import config as config_lib
 from cnnjax import workdir as workdir_lib
+from cnnjax.config import input_shape  # (also train.input_shape for the commands that build runs)
 from cnnjax.devices import AXIS, device_mesh, layout_of, prefetch_to_device, replicate
 from cnnjax.errors import TrainingDiverged
 from cnnjax.init_from import start_from
@@ -30,10 +31,6 @@ from cnnjax.models.outputs import auxiliary_logits
 
 class TrainState(train_state.TrainState):
   batch_stats: Any
-
-
-def input_shape(config) -> tuple[int, int, int]:
-  return (config.image_size, config.image_size, config.channels)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "shape", "dtype"))
